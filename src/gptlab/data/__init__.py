@@ -1,0 +1,1 @@
+"""The data stage: sources -> documents -> split -> tokens on disk -> batches."""

@@ -1,0 +1,8 @@
+"""The one exception type that reaches the user as a one-line message."""
+
+
+class GptlabError(Exception):
+    """A problem with the user's input or files: the message says what is wrong and what to do.
+
+    The CLI prints it on one line and exits with code 2; anything else is a bug and keeps its traceback.
+    """

@@ -1,0 +1,42 @@
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a hub lookup would hang ~30 s offline before failing
+torch.set_flush_denormal(True)
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not (SHARED_DATA / "tinyshakespeare.txt").is_file():
+        pytest.skip(f"shared test data not found at {SHARED_DATA} (it sits beside the project root in this workplace)")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def corpus_file(tmp_path) -> Path:
+    """A small, varied English text (a few KB) that any test can prepare in milliseconds."""
+    lines = []
+    words = "the king and queen of denmark speak with a ghost upon the castle walls at night".split()
+    for i in range(400):
+        n = 5 + i % 7
+        lines.append(" ".join(words[(i * 3 + j) % len(words)] for j in range(n)).capitalize() + ("." if i % 3 else "!"))
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def tiny_config():
+    from gptlab.config import ModelConfig
+
+    return ModelConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=16, dropout=0.0)
+
+
+def ln(x: float) -> float:
+    return math.log(x)
