@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 from gptlab.config import ModelConfig, RunConfig
 from gptlab.errors import GptlabError
 from gptlab.models import GPT
+from gptlab.tokenizers import Tokenizer
 from gptlab.training.checkpoint import CONFIG, WEIGHTS, load_checkpoint, read_info, resolve_checkpoint, save_checkpoint
 
 SHARD_INDEX = "model.safetensors.index.json"  # save_pretrained splits large models into shards
@@ -177,35 +178,45 @@ def load_hf_weights(model: GPT, files: dict[str, Path]) -> None:
         raise GptlabError(f"the weights hold tensors GPT-2 does not have ({', '.join(unexpected[:3])}); this is not a GPT-2 model")
 
 
-def gpt2_model_from_hf(src_dir: Path) -> GPT:
-    """The GPT-2 model in a local Hugging Face directory (config.json + safetensors) as our GPT."""
-    src = Path(src_dir)
+def read_hf_config(src: Path) -> ModelConfig:
     if not (src / CONFIG).is_file():
         raise GptlabError(f"{src} has no {CONFIG}; point at a Hugging Face GPT-2 directory (config.json + model.safetensors)")
     try:
         hf_config = json.loads((src / CONFIG).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise GptlabError(f"{src / CONFIG} is not valid JSON; fetch the model directory again") from None
-    cfg = model_config_from_hf(hf_config, src / CONFIG)
-    files = weight_files(src)
+    return model_config_from_hf(hf_config, src / CONFIG)
+
+
+def gpt2_model_from_hf(src_dir: Path) -> GPT:
+    """The GPT-2 model in a local Hugging Face directory (config.json + safetensors) as our GPT."""
+    src = Path(src_dir)
+    cfg, files = read_hf_config(src), weight_files(src)
     model = GPT(cfg)
     load_hf_weights(model, files)
     return model.eval()
 
 
+def import_gpt2_tokenizer(src: Path, tokenizer_file: Path | None) -> Tokenizer:
+    """GPT-2's tokenizer from `tokenizer_file`, else from the directory's vocab.json + merges.txt or tokenizer.json."""
+    from gptlab.tokenizers.gpt2 import GPT2Tokenizer
+
+    raise NotImplementedError  # waits for the data branch's GPT2Tokenizer
+
+
 def import_gpt2(src_dir: Path, out_dir: Path, tokenizer_file: Path | None = None, overwrite: bool = False) -> Path:
     """A local Hugging Face GPT-2 directory -> a gptlab checkpoint directory with the GPT-2 tokenizer."""
-    from gptlab.interop.hf_tokenizers import import_gpt2_tokenizer
-
     src, out = Path(src_dir), Path(out_dir)
     check_output_dir(out, overwrite, marker=WEIGHTS)
-    tokenizer = import_gpt2_tokenizer(src, tokenizer_file)  # first: it fails fast when files are missing
-    model = gpt2_model_from_hf(src)
-    if tokenizer.vocab_size > model.config.vocab_size:
+    cfg, files = read_hf_config(src), weight_files(src)  # cheap checks (config, file headers) before any loading
+    tokenizer = import_gpt2_tokenizer(src, tokenizer_file)
+    if tokenizer.vocab_size > cfg.vocab_size:
         raise GptlabError(
-            f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {model.config.vocab_size}; "
+            f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {cfg.vocab_size}; "
             "give the tokenizer this model was trained with"
         )
+    model = GPT(cfg)
+    load_hf_weights(model, files)
     info = {
         "tokenizer": {"kind": tokenizer.kind, "file": tokenizer.file_name, "vocab_size": tokenizer.vocab_size, "eot_id": tokenizer.eot_id},
         "imported_from": {"format": "huggingface-gpt2", "dir": str(src.resolve())},
@@ -213,7 +224,7 @@ def import_gpt2(src_dir: Path, out_dir: Path, tokenizer_file: Path | None = None
     }
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer_path = tokenizer.save(Path(tmp))
-        return save_checkpoint(out, model, RunConfig(model=model.config), info, files=[tokenizer_path])
+        return save_checkpoint(out, model, RunConfig(model=cfg), info, files=[tokenizer_path])
 
 
 def export_hf(checkpoint: Path, out_dir: Path, overwrite: bool = False) -> Path:
