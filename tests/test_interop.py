@@ -12,7 +12,7 @@ from gptlab.config import ModelConfig, build_config
 from gptlab.data.prepare import prepare
 from gptlab.errors import GptlabError
 from gptlab.generation.generate import generate
-from gptlab.interop.hf import export_hf, gpt2_incompatibilities, gpt2_model_from_hf
+from gptlab.interop.hf import export_hf, gpt2_incompatibilities, gpt2_model_from_hf, import_gpt2
 from gptlab.training.checkpoint import load_checkpoint
 from gptlab.training.trainer import train
 
@@ -79,6 +79,91 @@ def test_sharded_safetensors_import_like_one_file(hf_dir, tmp_path):
     one, many = gpt2_model_from_hf(hf_dir), gpt2_model_from_hf(sharded)
     for (name, a), (_, b) in zip(one.state_dict().items(), many.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+@pytest.fixture(scope="module")
+def saved_gpt2_with_tokenizer(tmp_path_factory):
+    """A random GPT-2 with GPT-2's vocabulary, saved as a Hugging Face directory with vocab.json + merges.txt."""
+    from conftest import SHARED_DATA
+
+    if not (SHARED_DATA / "gpt2" / "encoder.json").is_file():
+        pytest.skip(f"GPT-2 tokenizer files not found at {SHARED_DATA / 'gpt2'}")
+    path = tmp_path_factory.mktemp("hf-gpt2-vocab")
+    random_gpt2(vocab_size=50257, seed=1).save_pretrained(path)
+    shutil.copy(SHARED_DATA / "gpt2" / "encoder.json", path / "vocab.json")  # OpenAI's names for HF's two files
+    shutil.copy(SHARED_DATA / "gpt2" / "vocab.bpe", path / "merges.txt")
+    return path
+
+
+@pytest.fixture
+def hf_gpt2_with_tokenizer(saved_gpt2_with_tokenizer, tmp_path):
+    return shutil.copytree(saved_gpt2_with_tokenizer, tmp_path / "hf-gpt2-vocab")
+
+
+def test_import_gpt2_writes_a_checkpoint_with_gpt2_tokenizer_that_samples(hf_gpt2_with_tokenizer, shared_data, tmp_path, capsys):
+    ckpt_dir = tmp_path / "imported"
+    assert main(["import-gpt2", str(hf_gpt2_with_tokenizer), "--out", str(ckpt_dir)]) == 0
+    assert "--init-from" in capsys.readouterr().out
+    ckpt = load_checkpoint(ckpt_dir)
+    assert ckpt.tokenizer.kind == "gpt2" and ckpt.info["tokenizer"]["vocab_size"] == 50257 and ckpt.info["step"] == 0
+    src = hf_gpt2_with_tokenizer
+    reference = transformers.GPT2TokenizerFast.from_pretrained(src)  # transformers' own reading of the same files
+    text = "Hello world, it's   GPT-2!\n\tÜber 2024 😀"
+    assert ckpt.tokenizer.encode(text) == reference.encode(text)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(hf_gpt2_with_tokenizer).eval()
+    idx = torch.tensor([ckpt.tokenizer.encode(text)])
+    with torch.no_grad():
+        assert (ckpt.model(idx)[0] - hf(idx).logits).abs().max().item() < 1e-4
+    assert main(["sample", str(ckpt_dir), "--prompt", "Hello", "--max-new-tokens", "5", "--seed", "0"]) == 0
+    assert capsys.readouterr().out.startswith("Hello")
+
+
+def test_import_gpt2_reads_the_tokenizer_from_tokenizer_json_or_a_tiktoken_file(hf_gpt2_with_tokenizer, shared_data, tmp_path):
+    src = hf_gpt2_with_tokenizer
+    tokenizer = transformers.GPT2TokenizerFast.from_pretrained(src)
+    (src / "vocab.json").unlink()
+    (src / "merges.txt").unlink()
+    tokenizer.save_pretrained(src)  # transformers 5 writes tokenizer.json only
+    assert (src / "tokenizer.json").is_file() and not (src / "vocab.json").exists()
+    from_json = load_checkpoint(import_gpt2(src, tmp_path / "a")).tokenizer
+    (src / "tokenizer.json").unlink()
+    with pytest.raises(GptlabError, match="no GPT-2 tokenizer.*--tokenizer-file"):
+        import_gpt2(src, tmp_path / "b")
+    from_tiktoken = load_checkpoint(import_gpt2(src, tmp_path / "b", tokenizer_file=shared_data / "gpt2" / "gpt2.tiktoken")).tokenizer
+    text = "The quick brown fox, 12 jumps!\n"
+    assert from_json.encode(text) == from_tiktoken.encode(text) and len(from_json.encode(text)) > 5
+
+
+def test_imported_gpt2_exports_back_to_transformers_unchanged(hf_gpt2_with_tokenizer, tmp_path):
+    ckpt_dir, out = import_gpt2(hf_gpt2_with_tokenizer, tmp_path / "imported"), tmp_path / "exported"
+    export_hf(ckpt_dir, out)
+    original = transformers.AutoModelForCausalLM.from_pretrained(hf_gpt2_with_tokenizer).eval()
+    exported = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    idx = torch.randint(0, 50257, (1, 32), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert (original(idx).logits - exported(idx).logits).abs().max().item() < 1e-5
+    theirs, ours = transformers.AutoTokenizer.from_pretrained(out), load_checkpoint(ckpt_dir).tokenizer
+    text = "Hello world, it's   GPT-2!\n\tÜber 2024 😀  "
+    assert theirs.encode(text) == ours.encode(text) and theirs.decode(ours.encode(text)) == text
+
+
+@pytest.mark.parametrize("kind", ["word", "bpe", "gpt2"])
+def test_exported_tokenizers_encode_like_gptlab(kind, shared_data, tmp_path):
+    """Every kind written as tokenizer.json: AutoTokenizer gives gptlab's ids on a varied text."""
+    from gptlab.interop.hf_tokenizers import save_hf_tokenizer
+    from gptlab.tokenizers import train_tokenizer
+
+    corpus = (shared_data / "tinyshakespeare.txt").read_text()[:100_000]
+    varied = "Café naïve — “quoted” don't well-known ’tis\t\ttab  x² _under_score 3.14\r\n\n  end "
+    tok = train_tokenizer(kind, [corpus + varied], **({"tokenizer_file": shared_data / "gpt2" / "gpt2.tiktoken"} if kind == "gpt2" else {}))
+    save_hf_tokenizer(tok, tmp_path, model_max_length=1024)
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    for text in (varied, corpus[-20_000:]):
+        ids = tok.encode(text)
+        assert theirs.encode(text) == ids
+        if kind != "word":  # word decode in transformers joins tokens with spaces (see docs/interop.md)
+            assert theirs.decode(ids) == tok.decode(ids) == text
+    assert theirs.eos_token_id == tok.eot_id
 
 
 @pytest.fixture(scope="module")

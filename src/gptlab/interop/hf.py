@@ -201,7 +201,32 @@ def import_gpt2_tokenizer(src: Path, tokenizer_file: Path | None) -> Tokenizer:
     """GPT-2's tokenizer from `tokenizer_file`, else from the directory's vocab.json + merges.txt or tokenizer.json."""
     from gptlab.tokenizers.gpt2 import GPT2Tokenizer
 
-    raise NotImplementedError  # waits for the data branch's GPT2Tokenizer
+    if tokenizer_file is not None:
+        return GPT2Tokenizer.from_file(tokenizer_file)
+    if (src / "vocab.json").is_file() and (src / "merges.txt").is_file():
+        return GPT2Tokenizer.from_file(src / "vocab.json")
+    if (src / "tokenizer.json").is_file():  # what save_pretrained of a fast tokenizer writes
+        with tempfile.TemporaryDirectory() as tmp:
+            return GPT2Tokenizer.from_file(vocab_merges_from_tokenizer_json(src / "tokenizer.json", Path(tmp)))
+    raise GptlabError(
+        f"{src} holds no GPT-2 tokenizer (vocab.json + merges.txt, or tokenizer.json); "
+        "pass --tokenizer-file PATH to gpt2.tiktoken or vocab.json"
+    )
+
+
+def vocab_merges_from_tokenizer_json(path: Path, out_dir: Path) -> Path:
+    """Write the BPE vocabulary and merges inside a tokenizer.json as vocab.json + merges.txt; return vocab.json."""
+    try:
+        model = json.loads(path.read_text())["model"]
+        vocab, merges = model["vocab"], model["merges"]
+        if model.get("type", "BPE") != "BPE":
+            raise KeyError
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        raise GptlabError(f"{path} is not a BPE tokenizer.json; pass --tokenizer-file PATH to GPT-2's gpt2.tiktoken or vocab.json") from None
+    (out_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    pairs = (m if isinstance(m, str) else " ".join(m) for m in merges)  # "a b" in older files, ["a", "b"] in newer
+    (out_dir / "merges.txt").write_text("#version: 0.2\n" + "".join(p + "\n" for p in pairs))
+    return out_dir / "vocab.json"
 
 
 def import_gpt2(src_dir: Path, out_dir: Path, tokenizer_file: Path | None = None, overwrite: bool = False) -> Path:

@@ -33,7 +33,69 @@ def char_to_hf(tok) -> HFTokenizer:
     return hf
 
 
-CONVERTERS = {"char": char_to_hf}
+def word_to_hf(tok) -> HFTokenizer:
+    """Words and punctuation marks as in gptlab: spaces dropped, the same regex cutting the rest.
+
+    Decoding in transformers puts one space between tokens; gptlab's decode also restores the
+    spacing around punctuation, which no `tokenizers` decoder expresses.
+    """
+    from gptlab.tokenizers.word import TOKEN_RE
+
+    hf = HFTokenizer(models.WordLevel({t: i for i, t in enumerate(tok.tokens)}, unk_token=tok.tokens[tok.unk_id]))
+    hf.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"[^\S\n]+"), behavior="removed"),  # spaces and tabs are not tokens; line breaks are
+        pre_tokenizers.Split(Regex(TOKEN_RE.pattern), behavior="isolated"),
+    ])
+    return hf
+
+
+def bpe_to_hf(tok) -> HFTokenizer:
+    return HFTokenizer.from_str(tok.hf.to_str())  # it is a `tokenizers` tokenizer already
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's printable stand-in for each byte: the alphabet byte-level BPE vocabularies are written in."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    mapping = {b: chr(b) for b in printable}
+    for n, b in enumerate(b for b in range(256) if b not in mapping):
+        mapping[b] = chr(256 + n)
+    return mapping
+
+
+def merges_from_ranks(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
+    """The merge that made each multi-byte token, in rank order.
+
+    tiktoken stores only ranks. Running BPE over a token's bytes with the merges ranked below it
+    ends in exactly two parts: the pair whose merge created the token.
+    """
+    merges = []
+    for token, rank in sorted(ranks.items(), key=lambda item: item[1]):
+        parts = [token[i : i + 1] for i in range(len(token))]
+        while len(parts) > 2:
+            pair_ranks = [ranks.get(a + b, rank) for a, b in zip(parts, parts[1:])]
+            i = min(range(len(pair_ranks)), key=pair_ranks.__getitem__)
+            if pair_ranks[i] >= rank:
+                raise GptlabError(f"token {token!r} cannot be built from earlier merges; the GPT-2 vocabulary file is inconsistent")
+            parts[i : i + 2] = [parts[i] + parts[i + 1]]
+        if len(parts) == 2:
+            merges.append((parts[0], parts[1]))
+    return merges
+
+
+def gpt2_to_hf(tok) -> HFTokenizer:
+    """GPT-2's byte-level BPE (tiktoken ranks) as the vocab + merges BPE model transformers' GPT-2 uses."""
+    alphabet = bytes_to_unicode()
+    text = lambda b: "".join(alphabet[x] for x in b)  # noqa: E731
+    vocab = {text(token): rank for token, rank in tok.ranks.items()}
+    vocab[EOT] = tok.eot_id
+    merges = [(text(a), text(b)) for a, b in merges_from_ranks(tok.ranks)]
+    hf = HFTokenizer(models.BPE(vocab, merges))
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # GPT-2's regex, then bytes
+    hf.decoder = decoders.ByteLevel()
+    return hf
+
+
+CONVERTERS = {"char": char_to_hf, "word": word_to_hf, "bpe": bpe_to_hf, "gpt2": gpt2_to_hf}
 
 
 def to_hf_tokenizer(tok: Tokenizer) -> HFTokenizer:
