@@ -86,7 +86,6 @@ def saved_gpt2_with_tokenizer(tmp_path_factory):
     """A random GPT-2 with GPT-2's vocabulary, saved as a Hugging Face directory with vocab.json + merges.txt."""
     from conftest import SHARED_DATA
 
-    pytest.importorskip("gptlab.tokenizers.gpt2", reason="GPT-2 tokenizer (data branch) not merged into this checkout yet")
     if not (SHARED_DATA / "gpt2" / "encoder.json").is_file():
         pytest.skip(f"GPT-2 tokenizer files not found at {SHARED_DATA / 'gpt2'}")
     path = tmp_path_factory.mktemp("hf-gpt2-vocab")
@@ -154,7 +153,6 @@ def test_exported_tokenizers_encode_like_gptlab(kind, shared_data, tmp_path):
     from gptlab.interop.hf_tokenizers import save_hf_tokenizer
     from gptlab.tokenizers import train_tokenizer
 
-    pytest.importorskip(f"gptlab.tokenizers.{kind}", reason=f"{kind} tokenizer (data branch) not merged into this checkout yet")
     corpus = (shared_data / "tinyshakespeare.txt").read_text()[:100_000]
     varied = "Café naïve — “quoted” don't well-known ’tis\t\ttab  x² _under_score 3.14\r\n\n  end "
     tok = train_tokenizer(kind, [corpus + varied], **({"tokenizer_file": shared_data / "gpt2" / "gpt2.tiktoken"} if kind == "gpt2" else {}))

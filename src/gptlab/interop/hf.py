@@ -243,7 +243,8 @@ def import_gpt2(src_dir: Path, out_dir: Path, tokenizer_file: Path | None = None
     model = GPT(cfg)
     load_hf_weights(model, files)
     info = {
-        "tokenizer": {"kind": tokenizer.kind, "file": tokenizer.file_name, "vocab_size": tokenizer.vocab_size, "eot_id": tokenizer.eot_id},
+        "tokenizer": {"kind": tokenizer.kind, "file": tokenizer.file_name, "vocab_size": tokenizer.vocab_size,
+                      "eot_id": tokenizer.eot_id, "unk_id": tokenizer.unk_id},  # as prepare's meta.json records it
         "imported_from": {"format": "huggingface-gpt2", "dir": str(src.resolve())},
         "step": 0,
     }
