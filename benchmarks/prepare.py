@@ -119,6 +119,44 @@ def tiktoken_loop(text_path: str, vocab: str, out_path: str) -> None:
     print(f"tokens {tokens}")
 
 
+def run_benchmark(size_mb: int, repeats: int, scratch: Path, tokenizer_file: Path = DEFAULT_VOCAB) -> str:
+    """Both contenders on one generated file, interleaved; returns the report (markdown)."""
+    if not tokenizer_file.is_file():
+        raise SystemExit(f"GPT-2 vocabulary not found at {tokenizer_file}; pass --tokenizer-file")
+    scratch.mkdir(parents=True, exist_ok=True)
+    text = generate_text(scratch / f"text-{size_mb}mb.txt", size_mb)
+    mb = text.stat().st_size / 1e6
+    records: dict[str, dict] = {"prepare": {}, "tiktoken": {}}
+    py = sys.executable
+    fns = {
+        "prepare": lambda: run_measured(
+            [py, "-m", "gptlab", "prepare", str(text), "--out", str(scratch / "data"), "--overwrite",
+             "--tokenizer", "gpt2", "--tokenizer-file", str(tokenizer_file)], records["prepare"]),
+        "tiktoken": lambda: run_measured(
+            [py, "-m", "benchmarks.prepare", "--baseline", str(text), str(tokenizer_file), str(scratch / "baseline.bin")],
+            records["tiktoken"]),
+    }
+    load_before = os.getloadavg()
+    timings = interleaved(fns, repeats=repeats, warmup=0)
+    load_after = os.getloadavg()
+    rows = []
+    for name, timing in timings.items():
+        r = records[name]
+        rows.append([name, str(timing), f"{mb / timing.median:.2f}", f"{statistics.median(r['cpu_seconds']):.1f}",
+                     f"{max(r['peak_tree_rss']) / 2**20:.0f}", f"{max(r['max_process_rss']) / 2**20:.0f}"])
+    ratio = timings["tiktoken"].median / timings["prepare"].median
+    return "\n".join([
+        f"machine: {machine_line()}",
+        f"file: {mb:,.0f} MB ({text}); repeats {repeats}, interleaved; "
+        f"load average before {load_before[0]:.1f}, after {load_after[0]:.1f} (1-min)",
+        markdown_table(["contender", "wall (median ±spread)", "MB/s", "CPU s (median)", "peak RSS, all processes (MiB)",
+                        "peak RSS, largest process (MiB)"], rows),
+        f"prepare's throughput is {ratio:.2f}x the single-process tiktoken loop's",
+        "prepare said: " + records["prepare"]["output"].strip().splitlines()[0],
+        "tiktoken loop said: " + records["tiktoken"]["output"].strip().splitlines()[-1],
+    ])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-mb", type=int, default=1024)
@@ -129,39 +167,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.baseline:
         tiktoken_loop(*args.baseline)
-        return
-    if not args.tokenizer_file.is_file():
-        raise SystemExit(f"GPT-2 vocabulary not found at {args.tokenizer_file}; pass --tokenizer-file")
-    args.dir.mkdir(parents=True, exist_ok=True)
-    text = generate_text(args.dir / f"text-{args.size_mb}mb.txt", args.size_mb)
-    mb = text.stat().st_size / 1e6
-    records: dict[str, dict] = {"prepare": {}, "tiktoken": {}}
-    py = sys.executable
-    fns = {
-        "prepare": lambda: run_measured(
-            [py, "-m", "gptlab", "prepare", str(text), "--out", str(args.dir / "data"), "--overwrite",
-             "--tokenizer", "gpt2", "--tokenizer-file", str(args.tokenizer_file)], records["prepare"]),
-        "tiktoken": lambda: run_measured(
-            [py, "-m", "benchmarks.prepare", "--baseline", str(text), str(args.tokenizer_file), str(args.dir / "baseline.bin")],
-            records["tiktoken"]),
-    }
-    load_before = os.getloadavg()
-    timings = interleaved(fns, repeats=args.repeats, warmup=0)
-    load_after = os.getloadavg()
-    rows = []
-    for name, timing in timings.items():
-        r = records[name]
-        rows.append([name, str(timing), f"{mb / timing.median:.2f}", f"{statistics.median(r['cpu_seconds']):.1f}",
-                     f"{max(r['peak_tree_rss']) / 2**20:.0f}", f"{max(r['max_process_rss']) / 2**20:.0f}"])
-    ratio = timings["tiktoken"].median / timings["prepare"].median
-    print(f"machine: {machine_line()}")
-    print(f"file: {mb:,.0f} MB ({text}); repeats {args.repeats}, interleaved; "
-          f"load average before {load_before[0]:.1f}, after {load_after[0]:.1f} (1-min)")
-    print(markdown_table(["contender", "wall (median ±spread)", "MB/s", "CPU s (median)", "peak RSS, all processes (MiB)",
-                          "peak RSS, largest process (MiB)"], rows))
-    print(f"prepare is {ratio:.2f}x the single-process tiktoken loop's throughput")
-    print("prepare said:", records["prepare"]["output"].strip().splitlines()[0])
-    print("tiktoken loop said:", records["tiktoken"]["output"].strip().splitlines()[-1])
+    else:
+        print(run_benchmark(args.size_mb, args.repeats, args.dir, args.tokenizer_file))
 
 
 if __name__ == "__main__":
