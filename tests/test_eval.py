@@ -32,7 +32,7 @@ def table_checkpoint(block_size: int) -> Checkpoint:
         [0.50, 0.25, 0.25],  # after end-of-text: p(a | eot) = 1/2
     ])
     cfg = RunConfig()
-    cfg.model.block_size = block_size
+    cfg.model.block_size, cfg.model.vocab_size = block_size, tok.vocab_size
     return Checkpoint(dir=None, model=TableModel(probs), config=cfg, tokenizer=tok, info={})
 
 

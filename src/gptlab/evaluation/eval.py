@@ -27,6 +27,7 @@ from gptlab.tokenizers import Tokenizer
 from gptlab.training.checkpoint import Checkpoint
 
 Z95 = 1.96  # two-sided 95% quantile of the normal distribution
+LOGITS_BUDGET = 2**26  # logits held at once (256 MB in float32): sets how many windows go per batch
 
 
 @dataclass
@@ -138,7 +139,7 @@ def text_size(tokenizer: Tokenizer, ids: np.ndarray) -> tuple[int, int]:
     return chars, nbytes
 
 
-def evaluate_ids(ckpt: Checkpoint, ids: np.ndarray, source: str, batch_size: int = 16) -> tuple[EvalResult, torch.Tensor, torch.Tensor]:
+def evaluate_ids(ckpt: Checkpoint, ids: np.ndarray, source: str) -> tuple[EvalResult, torch.Tensor, torch.Tensor]:
     """Evaluate the token stream `ids` (a document or documents joined by end-of-text).
 
     Returns the summary and the per-token (losses, positions) behind it.
@@ -147,7 +148,9 @@ def evaluate_ids(ckpt: Checkpoint, ids: np.ndarray, source: str, batch_size: int
     if ids.size == 0:
         raise GptlabError(f"{source} holds no text to evaluate")
     stream = torch.from_numpy(np.concatenate([[ckpt.tokenizer.eot_id], ids]))
-    losses, positions = token_losses(ckpt.model, stream, ckpt.config.model.block_size, batch_size, ckpt.config.train.dtype)
+    block = ckpt.config.model.block_size
+    batch_size = min(64, max(1, LOGITS_BUDGET // (block * ckpt.config.model.vocab_size)))
+    losses, positions = token_losses(ckpt.model, stream, block, batch_size, ckpt.config.train.dtype)
     chars, nbytes = text_size(ckpt.tokenizer, ids)
     std = losses.std().item() if losses.numel() > 1 else float("nan")
     result = EvalResult(source, int(losses.numel()), chars, nbytes, losses.double().mean().item(), std)

@@ -164,7 +164,10 @@ def embedding_projection(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Te
     """The token embedding matrix wte, centred, projected on its first two principal components.
 
     Returns (coords (vocab, 2), share of the variance each component explains)."""
-    w = model.transformer.wte.weight.detach().float().cpu()
+    wte = getattr(getattr(model, "transformer", None), "wte", None)
+    if wte is None:
+        raise GptlabError(f"this model ({type(model).__name__}) has no token embeddings (wte) to project; use a GPT checkpoint")
+    w = wte.weight.detach().float().cpu()
     w = w - w.mean(dim=0)
     _, s, vh = torch.linalg.svd(w, full_matrices=False)
     return w @ vh[:2].T, (s[:2] ** 2) / (s**2).sum()
@@ -194,14 +197,17 @@ def plot_embeddings(ckpt: Checkpoint, out: Path, max_labels: int = 300) -> Path:
 
 def plot_loss_curves(run_dirs: list[Path], out: Path, names: list[str] | None = None) -> Path:
     """The periodic val (solid) and train (dashed) loss estimates of each run, on one plot."""
+    run_dirs = [Path(r) for r in run_dirs]
+    if names is None:  # a run's folder name, or its whole path where two runs share a name
+        short = [r.name for r in run_dirs]
+        names = [n if short.count(n) == 1 else str(r) for n, r in zip(short, run_dirs)]
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for k, run in enumerate(run_dirs):
-        run = Path(run)
         if not (run / "metrics.jsonl").is_file():
             raise GptlabError(f"{run} has no metrics.jsonl; point at a run directory written by `gptlab train`")
         evals = [r for r in read_metrics(run) if r["kind"] == "eval"]
-        name = names[k] if names else run.name
+        name = names[k]
         color = plt.get_cmap("tab10")(k % 10)
         steps = [r["step"] for r in evals]
         ax.plot(steps, [r["val_loss"] for r in evals], "o-", ms=3, color=color, label=f"{name} val")
@@ -274,8 +280,8 @@ def plot_residual_stream(ckpt: Checkpoint, text: str, out: Path) -> Path:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(range(n + 1), norms["stream"], "o-", color="black", label="residual stream x (entering block / ln_f)")
-    ax.bar([i - 0.2 + 0.5 for i in range(n)], norms["attn"], width=0.35, label="attn(ln_1(x)) added", color="tab:orange")
-    ax.bar([i + 0.2 + 0.5 for i in range(n)], norms["mlp"], width=0.35, label="mlp(ln_2(x)) added", color="tab:green")
+    ax.bar([i - 0.2 + 0.5 for i in range(n)], norms["attn"], width=0.35, label="added by the attention branch", color="tab:orange")
+    ax.bar([i + 0.2 + 0.5 for i in range(n)], norms["mlp"], width=0.35, label="added by the MLP branch", color="tab:green")
     ax.set_xticks(range(n + 1), [f"block {i}" for i in range(n)] + ["ln_f"])
     ax.set_ylabel("mean L2 norm per position")
     ax.set_title(f"the residual stream through the layers ({len(ids)} tokens)")
