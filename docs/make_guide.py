@@ -112,6 +112,12 @@ def main() -> None:
         if name == "GPT":
             gpt_result = result
             inspect.plot_position_loss(losses, positions, cfg.model.block_size, IMAGES / "position_loss.png", "GPT: loss by position on the val split")
+            by_position, _ = inspect.position_loss(losses, positions, cfg.model.block_size)
+            half = cfg.model.block_size // 2
+            blocks["position"] = (
+                f"The GPT's loss is {by_position[0]:.3f} nats/token at position 0 (one character of context), "
+                f"{by_position[1:8].mean():.3f} over positions 1-7 and {by_position[half:].mean():.3f} over positions {half}-{cfg.model.block_size - 1}."
+            )
         rows.append((name, f"{ckpt.model.num_params():,}" if hasattr(ckpt.model, "num_params") else "",
                      f"{result.loss:.4f} ± {result.loss_ci:.4f}", f"{result.perplexity:.2f}",
                      f"{result.bits_per_char:.3f}", f"{result.bits_per_byte:.3f} ± {result.per_byte_ci():.3f}"))
