@@ -104,11 +104,11 @@ def main() -> None:
     inspect.plot_loss_curves(list(runs.values()), IMAGES / "loss_curves.png", names=list(runs))
 
     # cross-entropy: the whole val split, per token and per position
-    val_ids, val_name = split_ids(gpt, "val")
+    val_ids, val_name, val_size = split_ids(gpt, "val")
     rows = []
     for name, run in runs.items():
         ckpt = gpt if name == "GPT" else load_checkpoint(run)
-        result, losses, positions = evaluate_ids(ckpt, val_ids, val_name)
+        result, losses, positions = evaluate_ids(ckpt, val_ids, val_name, val_size)
         if name == "GPT":
             gpt_result = result
             inspect.plot_position_loss(losses, positions, cfg.model.block_size, IMAGES / "position_loss.png", "GPT: loss by position on the val split")

@@ -116,3 +116,31 @@ def test_eval_errors_are_one_line(tiny_run, tmp_path, capsys):
     assert "no such checkpoint" in capsys.readouterr().err
     assert main(["eval", str(tiny_run), "--data", str(tmp_path / "gone")]) == 2
     assert "is gone" in capsys.readouterr().err
+
+
+
+def test_a_sharded_split_is_evaluated_whole(tiny_run, tmp_path):
+    from gptlab.data.prepare import prepare
+
+    ckpt = load_checkpoint(tiny_run)
+    whole = evaluate_split(ckpt, "val")
+    sharded = tmp_path / "sharded"
+    meta = prepare([str(tiny_run.parent / "corpus.txt")], sharded, shard_tokens=500)
+    assert len(meta["shards"]["val"]) > 1
+    result = evaluate_split(ckpt, "val", sharded)
+    assert (result.tokens, result.chars, result.bytes) == (whole.tokens, whole.chars, whole.bytes)
+    assert result.loss == pytest.approx(whole.loss, abs=1e-6)
+    assert evaluate_split(ckpt, "val", max_tokens=100).tokens == 100
+
+
+def test_word_tokenizer_characters_come_from_the_text_not_the_decoding(corpus_file, tmp_path):
+    from gptlab.config import build_config
+    from gptlab.data.prepare import prepare
+    from gptlab.training.trainer import train
+
+    corpus_file.write_text(corpus_file.read_text().replace(" ", "  "))  # decode would give single spaces back
+    meta = prepare([str(corpus_file)], tmp_path / "data", "word")
+    train(build_config("tiny", {"max_iters": 2, "eval_interval": 2, "eval_iters": 1, "device": "cpu"}), tmp_path / "data", tmp_path / "run")
+    result = evaluate_split(load_checkpoint(tmp_path / "run"), "val")
+    assert result.chars == meta["sizes"]["val_chars"]
+    assert result.tokens == meta["sizes"]["val_tokens"]

@@ -70,8 +70,8 @@ def test_embedding_projection_is_the_top_two_principal_components(ckpt):
 
 
 def test_position_loss_averages_each_position(ckpt):
-    ids, name = split_ids(ckpt, "val")
-    _, losses, positions = evaluate_ids(ckpt, ids, name)
+    ids, name, size = split_ids(ckpt, "val")
+    _, losses, positions = evaluate_ids(ckpt, ids, name, size)
     mean, ci = inspect.position_loss(losses, positions, ckpt.config.model.block_size)
     for p in (0, 5, ckpt.config.model.block_size - 1):
         at = losses[positions == p].double()

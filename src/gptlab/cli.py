@@ -222,7 +222,7 @@ def load_for_eval(args):
 
 
 def cmd_eval(args) -> None:
-    from gptlab.data.sources import read_text_file
+    from gptlab.data.sources import read_blocks
     from gptlab.evaluation.eval import evaluate_split, evaluate_text
 
     if args.max_tokens is not None and args.max_tokens < 2:
@@ -232,7 +232,7 @@ def cmd_eval(args) -> None:
         for path in args.text:
             if not path.is_file():
                 raise GptlabError(f"{path}: no such file")
-            print(evaluate_text(ckpt, read_text_file(path), str(path)).summary())
+            print(evaluate_text(ckpt, "".join(read_blocks(path)), str(path)).summary())
         return
     print(evaluate_split(ckpt, args.split, args.data, args.max_tokens).summary())
     if args.split == "val" and "val_loss" in ckpt.info:
@@ -280,8 +280,8 @@ def cmd_inspect(args) -> None:
         runs = [ckpt.dir.parent if (ckpt.dir.parent / "metrics.jsonl").is_file() else ckpt.dir] + args.compare
         written.append(inspect.plot_loss_curves(runs, args.out / "loss_curves.png"))
     if "position-loss" in wanted:
-        ids, name = split_ids(ckpt, args.split)
-        _, losses, positions = evaluate_ids(ckpt, ids[: args.max_tokens], name)
+        ids, name, size = split_ids(ckpt, args.split, max_tokens=args.max_tokens)
+        _, losses, positions = evaluate_ids(ckpt, ids, name, size)
         written.append(inspect.plot_position_loss(losses, positions, ckpt.config.model.block_size, args.out / "position_loss.png", f"loss by position, {args.split} split"))
     if "residual" in wanted:
         written.append(inspect.plot_residual_stream(ckpt, args.prompt, args.out / "residual_stream.png"))

@@ -130,7 +130,10 @@ def token_losses(
 
 
 def text_size(tokenizer: Tokenizer, ids: np.ndarray) -> tuple[int, int]:
-    """(characters, UTF-8 bytes) of the text that token ids spell, end-of-text separators excluded."""
+    """(characters, UTF-8 bytes) of the text that token ids spell, end-of-text separators excluded.
+
+    Exact for tokenizers whose decode gives the text back (char, bpe, gpt2); the word tokenizer's
+    decode normalises spacing and writes <unk>, so for it this counts the decoded text."""
     chars = nbytes = 0
     for segment in np.split(ids, np.flatnonzero(ids == tokenizer.eot_id)):
         text = tokenizer.decode(segment[segment != tokenizer.eot_id].tolist())
@@ -139,10 +142,13 @@ def text_size(tokenizer: Tokenizer, ids: np.ndarray) -> tuple[int, int]:
     return chars, nbytes
 
 
-def evaluate_ids(ckpt: Checkpoint, ids: np.ndarray, source: str) -> tuple[EvalResult, torch.Tensor, torch.Tensor]:
+def evaluate_ids(
+    ckpt: Checkpoint, ids: np.ndarray, source: str, size: tuple[int, int | None] | None = None
+) -> tuple[EvalResult, torch.Tensor, torch.Tensor]:
     """Evaluate the token stream `ids` (a document or documents joined by end-of-text).
 
-    Returns the summary and the per-token (losses, positions) behind it.
+    size: the (characters, bytes) of the text when known (a bytes of None is counted); by default
+    both are counted on the decoded ids. Returns the summary and the per-token (losses, positions).
     """
     ids = np.asarray(ids, dtype=np.int64)
     if ids.size == 0:
@@ -151,7 +157,11 @@ def evaluate_ids(ckpt: Checkpoint, ids: np.ndarray, source: str) -> tuple[EvalRe
     block = ckpt.config.model.block_size
     batch_size = min(64, max(1, LOGITS_BUDGET // (block * ckpt.config.model.vocab_size)))
     losses, positions = token_losses(ckpt.model, stream, block, batch_size, ckpt.config.train.dtype)
-    chars, nbytes = text_size(ckpt.tokenizer, ids)
+    chars, nbytes = size or (None, None)
+    if chars is None or nbytes is None:
+        counted_chars, counted_bytes = text_size(ckpt.tokenizer, ids)
+        chars = counted_chars if chars is None else chars
+        nbytes = counted_bytes if nbytes is None else nbytes
     std = losses.std().item() if losses.numel() > 1 else float("nan")
     result = EvalResult(source, int(losses.numel()), chars, nbytes, losses.double().mean().item(), std)
     return result, losses, positions
@@ -165,8 +175,11 @@ def data_dir_of(ckpt: Checkpoint) -> Path:
     return Path(data["dir"])
 
 
-def split_ids(ckpt: Checkpoint, split: str = "val", data_dir: Path | None = None) -> tuple[np.ndarray, str]:
-    """The token ids of a split of the run's data directory (or `data_dir`), and a name for them."""
+def split_ids(
+    ckpt: Checkpoint, split: str = "val", data_dir: Path | None = None, max_tokens: int | None = None
+) -> tuple[np.ndarray, str, tuple[int, int | None] | None]:
+    """The token ids of a split of the run's data directory (or `data_dir`), or of its first
+    `max_tokens`; a name for them; and the (characters, bytes) meta.json records for the whole split."""
     data_dir = Path(data_dir) if data_dir is not None else data_dir_of(ckpt)
     if not data_dir.is_dir():
         raise GptlabError(f"the data directory {data_dir} is gone; pass --data DIR or evaluate a held-out file with --text FILE")
@@ -179,15 +192,18 @@ def split_ids(ckpt: Checkpoint, split: str = "val", data_dir: Path | None = None
     name = f"{split} split of {data_dir}"
     if recorded and recorded != data.meta["content_sha256"]:
         name += " (prepared again since training: its text differs)"
-    return np.asarray(data.splits[split]), name
+    tokens = data.splits[split]
+    if max_tokens is not None and max_tokens < len(tokens):
+        return np.asarray(tokens[:max_tokens]), f"first {max_tokens:,} tokens of the {name}", None
+    sizes = data.meta.get("sizes", {})
+    size = (sizes[f"{split}_chars"], sizes.get(f"{split}_bytes")) if f"{split}_chars" in sizes else None
+    return np.asarray(tokens[:]), name, size
 
 
 def evaluate_split(ckpt: Checkpoint, split: str = "val", data_dir: Path | None = None, max_tokens: int | None = None) -> EvalResult:
     """Evaluate a split of the run's data directory; `max_tokens` keeps only its first tokens."""
-    ids, name = split_ids(ckpt, split, data_dir)
-    if max_tokens is not None and max_tokens < len(ids):
-        ids, name = ids[:max_tokens], f"first {max_tokens:,} tokens of the {name}"
-    return evaluate_ids(ckpt, ids, name)[0]
+    ids, name, size = split_ids(ckpt, split, data_dir, max_tokens)
+    return evaluate_ids(ckpt, ids, name, size)[0]
 
 
 def evaluate_text(ckpt: Checkpoint, text: str, source: str = "text") -> EvalResult:
