@@ -93,7 +93,7 @@ def main() -> None:
         f"n_embd {cfg.model.n_embd} (d_head = {cfg.model.n_embd // cfg.model.n_head}), block_size {cfg.model.block_size}, "
         f"{gpt.model.num_params():,} parameters without the position table; trained {cfg.train.max_iters} steps of "
         f"{cfg.train.batch_size} x {cfg.model.block_size} tokens in {speed['seconds']:.0f} s of training "
-        f"({speed['median_tokens_per_s']:,.0f} tokens/s, evaluation excluded) on this machine's CPU ({torch.get_num_threads()} threads)."
+        f"({speed['median_tokens_per_s']:,.0f} tokens/s, evaluation excluded) on this machine's CPU (torch threads: {torch.get_num_threads()})."
     )
 
     # pictures

@@ -104,15 +104,15 @@ def plot_attention(ckpt: Checkpoint, prompt: str, out: Path, layers: list[int] |
     T = len(ids)
     cell = max(2.2, 0.16 * T + 0.8)
     plt = pyplot()
-    fig, axes = plt.subplots(len(layers), n_head, figsize=(cell * n_head, cell * len(layers)), squeeze=False)
+    fig, axes = plt.subplots(len(layers), n_head, figsize=(cell * n_head + 1, cell * len(layers) + 0.5), squeeze=False, layout="constrained")
     for r, layer in enumerate(layers):
         for h in range(n_head):
             ax = axes[r][h]
             im = ax.imshow(weights[layer][h].numpy(), cmap="viridis", vmin=0.0, vmax=1.0)
             ax.set_title(f"layer {layer}, head {h}", fontsize=9)
             # every panel has the same tokens: label the left column and the bottom row only
-            ax.set_xticks(range(T), labels if r == len(layers) - 1 else [], fontsize=7, rotation=90)
-            ax.set_yticks(range(T), labels if h == 0 else [], fontsize=7)
+            ax.set_xticks(range(T), labels if r == len(layers) - 1 else [], fontsize=8, rotation=90)
+            ax.set_yticks(range(T), labels if h == 0 else [], fontsize=8)
             if h == 0:
                 ax.set_ylabel("query (predicting from)", fontsize=8)
             if r == len(layers) - 1:
@@ -182,9 +182,9 @@ def plot_embeddings(ckpt: Checkpoint, out: Path, max_labels: int = 300) -> Path:
     fig, ax = plt.subplots(figsize=(9, 8))
     cats = [token_category(label) for label in labels]
     colors = dict(zip(sorted(set(cats)), plt.get_cmap("tab10").colors))
-    ax.scatter(coords[:, 0], coords[:, 1], s=6, color="lightgray")
+    ax.scatter(coords[:, 0], coords[:, 1], s=3, color="lightgray")
     for i, (label, cat) in enumerate(zip(labels, cats)):
-        ax.annotate(label, (coords[i, 0].item(), coords[i, 1].item()), fontsize=9, ha="center", va="center", color=colors[cat])
+        ax.annotate(label, (coords[i, 0].item(), coords[i, 1].item()), fontsize=11, ha="center", va="center", color=colors[cat])
     for cat, color in colors.items():
         ax.scatter([], [], color=color, label=cat)
     ax.legend(fontsize=8, loc="best")
