@@ -168,7 +168,7 @@ def evaluate_ids(
 
 
 def data_dir_of(ckpt: Checkpoint) -> Path:
-    """The data directory the checkpoint was trained on, checked to still hold the same text."""
+    """The data directory the checkpoint was trained on, as its config.json records it."""
     data = ckpt.info.get("data") or {}
     if "dir" not in data:
         raise GptlabError(f"{ckpt.dir} does not record its data directory; evaluate held-out text with --text FILE")
