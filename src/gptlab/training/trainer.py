@@ -129,8 +129,9 @@ class Trainer:
         # fp16 gradients underflow; the scaler multiplies the loss up and the gradients back down.
         # Disabled (a pass-through) in every other precision, so there is one code path.
         self.scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype(device, tc.dtype) == torch.float16)
-        self.ddp = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None,
-                                           broadcast_buffers=False) if me.enabled else None
+        self.ddp = None
+        if me.enabled:
+            self.ddp = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
         self.forward = self.ddp or self.model
         if tc.compile:
             self.forward = torch.compile(self.forward)
