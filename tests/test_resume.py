@@ -88,3 +88,5 @@ def test_resume_from_the_command_line_trains_on(prepared, tmp_path, capsys):
     assert [r["step"] for r in read_metrics(run) if r["kind"] == "eval"] == [0, 4, 6]
     assert main(["train", "--resume", str(run), "--out", str(tmp_path / "x")]) == 2
     assert "drop --out" in capsys.readouterr().err
+    assert main(["train", "--data", str(prepared), "--out", str(tmp_path / "x"), "--init-from", str(run), "--n_layer", "3"]) == 2
+    assert "only --dropout may change" in capsys.readouterr().err and not (tmp_path / "x").exists()

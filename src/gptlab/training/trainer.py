@@ -101,11 +101,14 @@ def prepare_run_dir(out_dir: Path, overwrite: bool) -> None:
 
 def check_same_tokens(data: TokenData, info: dict[str, Any], ckpt_dir: Path, text: bool) -> None:
     """The data directory must use the checkpoint's tokenizer (and, with text=True, hold the same text)."""
-    tok = data.meta["tokenizer"]
-    same_tokenizer = tok == info["tokenizer"] and (data.dir / tok["file"]).read_bytes() == (ckpt_dir / tok["file"]).read_bytes()
+    tok, theirs = data.meta["tokenizer"], info["tokenizer"]
+    same_tokenizer = (
+        (tok["kind"], tok["vocab_size"]) == (theirs["kind"], theirs["vocab_size"])
+        and (data.dir / tok["file"]).read_bytes() == (ckpt_dir / theirs["file"]).read_bytes()  # the vocabulary itself
+    )
     if not same_tokenizer:
         raise GptlabError(f"{data.dir} was prepared with another tokenizer than {ckpt_dir} ({tok['kind']}, vocab {tok['vocab_size']} "
-                          f"vs {info['tokenizer']['kind']}, vocab {info['tokenizer']['vocab_size']}); use data prepared with the checkpoint's tokenizer")
+                          f"vs {theirs['kind']}, vocab {theirs['vocab_size']}); use data prepared with the checkpoint's tokenizer")
     if text and data.meta["content_sha256"] != info["data"]["content_sha256"]:
         raise GptlabError(f"{data.dir} holds other text than the run in {ckpt_dir.parent} was trained on (content hash differs); "
                           "resume with the original data (--data DIR), or start a new run with --init-from")
