@@ -19,7 +19,7 @@ from gptlab.config import RunConfig
 from gptlab.data.batches import TokenData
 from gptlab.device import autocast, resolve_device, setup_device
 from gptlab.errors import GptlabError
-from gptlab.models import GPT
+from gptlab.models import GPT, build_model
 from gptlab.training.checkpoint import CONFIG, save_checkpoint
 from gptlab.training.metrics import MetricsLog, plot_loss
 from gptlab.training.optim import build_optimizer
@@ -83,7 +83,7 @@ def train(cfg: RunConfig, data_dir: Path, out_dir: Path, overwrite: bool = False
 
     tc = cfg.train
     torch.manual_seed(tc.seed)
-    model = GPT(cfg.model).to(device)
+    model = build_model(cfg.model).to(device)
     optimizer = build_optimizer(model, tc, device)
     batch_gen = torch.Generator().manual_seed(tc.seed)
     metrics = MetricsLog(run_dir)
