@@ -69,7 +69,7 @@ def flops_per_token(cfg: ModelConfig) -> int:
 def activation_floats_per_token(cfg: ModelConfig) -> int:
     """Floats autograd keeps per token for the backward pass, counted tensor by tensor (rough:
     it ignores small per-row statistics and dropout masks)."""
-    logits = 2 * cfg.vocab_size  # the logits and their float copy in the loss
+    logits = cfg.vocab_size  # the log-softmax of the logits, kept for the loss's backward
     if cfg.arch != "gpt":
         return logits
     h, kv = cfg.n_embd, cfg.kv_heads * (cfg.n_embd // cfg.n_head)
