@@ -4,15 +4,12 @@
     gptlab tokenize TEXT [--tokenizer KIND | --data DIR]   how a text splits into tokens
     gptlab train --data DIR --out RUN [--preset P] [--key value ...]
     gptlab sample RUN_OR_CHECKPOINT [--prompt TEXT] [--max-new-tokens N] ...
-<<<<<<< HEAD
     gptlab info PRESET_OR_CONFIG_OR_CHECKPOINT [--batch_size N] [--vocab_size N]
-=======
     gptlab eval RUN_OR_CHECKPOINT [--text FILE ...]   loss, perplexity, bits per char/byte
     gptlab inspect RUN_OR_CHECKPOINT --out DIR [--prompt TEXT] [--compare RUN ...]   pictures
     gptlab report RUN                                 one Markdown page about a run
     gptlab import-gpt2 HF_DIR --out CHECKPOINT     Hugging Face GPT-2 directory -> gptlab checkpoint
     gptlab export-hf RUN_OR_CHECKPOINT OUT_DIR     gptlab checkpoint -> Hugging Face directory
->>>>>>> main
 """
 
 from __future__ import annotations
@@ -201,7 +198,6 @@ def cmd_sample(args) -> None:
         print(args.prompt + tok.decode(ids))
 
 
-<<<<<<< HEAD
 def add_info(sub) -> None:
     p = sub.add_parser(
         "info",
@@ -219,7 +215,8 @@ def cmd_info(args) -> None:
     from gptlab.models.info import describe, format_info, load_config
 
     print(format_info(describe(load_config(args.source, args.vocab_size), args.batch_size)))
-=======
+
+
 def add_eval(sub) -> None:
     p = sub.add_parser(
         "eval",
@@ -366,7 +363,6 @@ def cmd_export_hf(args) -> None:
 
     out = export_hf(args.checkpoint, args.out_dir, args.overwrite)
     print(f"wrote {out}: load it with transformers' AutoModelForCausalLM.from_pretrained({str(out)!r})")
->>>>>>> main
 
 
 def build_parser() -> Parser:
@@ -377,15 +373,12 @@ def build_parser() -> Parser:
     add_tokenize(sub)
     add_train(sub)
     add_sample(sub)
-<<<<<<< HEAD
     add_info(sub)
-=======
     add_eval(sub)
     add_inspect(sub)
     add_report(sub)
     add_import_gpt2(sub)
     add_export_hf(sub)
->>>>>>> main
     return parser
 
 
