@@ -101,15 +101,15 @@ def versus_transformers(lengths: list[int], repeats: int, width: tuple[int, int,
 
     rows, agree = [], []
     for n in lengths:
-        a, b = generate(ours, prompt[0].tolist(), greedy(n))[0], hf_generate(n)
-        assert len(a) == len(b) == n
-        same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), n)
-        agree.append(f"{same} of {n}")
         print(f"generation: gptlab vs transformers, {n} tokens ...", file=sys.stderr, flush=True)
+        out: dict[str, list[int]] = {}  # each contender's last tokens, compared after timing
         t = interleaved({
-            "gptlab": lambda: generate(ours, prompt[0].tolist(), greedy(n)),
-            "transformers": lambda: hf_generate(n),
+            "gptlab": lambda: out.__setitem__("gptlab", generate(ours, prompt[0].tolist(), greedy(n))[0]),
+            "transformers": lambda: out.__setitem__("transformers", hf_generate(n)),
         }, repeats=repeats, warmup=1)
+        a, b = out["gptlab"], out["transformers"]
+        assert len(a) == len(b) == n
+        agree.append(f"{next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), n)} of {n}")
         rows.append([n, f"{tokens_per_second(n, t['gptlab'])} ({t['gptlab']})", f"{tokens_per_second(n, t['transformers'])} ({t['transformers']})",
                      f"**{t['transformers'].median / t['gptlab'].median:.2f}**"])
     table = markdown_table(["new tokens", "gptlab, KV cache: tokens/s (time)", "transformers generate: tokens/s (time)",
