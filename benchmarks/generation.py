@@ -28,14 +28,9 @@ import torch
 from benchmarks.common import interleaved, machine_line, markdown_table
 from gptlab.config import ModelConfig
 from gptlab.generation.generate import generate
-from gptlab.generation.sampling import SamplingSettings
 from gptlab.models import GPT
 
 PROMPT_LEN = 16
-
-
-def greedy(n: int) -> SamplingSettings:
-    return SamplingSettings(max_new_tokens=n, temperature=0, top_k=None)
 
 
 def gptlab_from_transformers(hf) -> GPT:
@@ -74,12 +69,12 @@ def cache_vs_recompute(lengths: list[int], repeats: int, width: tuple[int, int, 
     prompt = torch.randint(0, 65, (PROMPT_LEN,)).tolist()
     rows = []
     for use_cache in (True, False):  # warm up both paths on a short run; a long one would cost minutes
-        generate(model, prompt, greedy(16), use_cache=use_cache)
+        generate(model, prompt, 16, temperature=0, use_cache=use_cache)
     for n in lengths:  # tests/test_generation.py proves both paths give the same tokens and logits
         print(f"generation: cache vs recompute, {n} tokens ...", file=sys.stderr, flush=True)
         t = interleaved({
-            "cache": lambda: generate(model, prompt, greedy(n), use_cache=True),
-            "recompute": lambda: generate(model, prompt, greedy(n), use_cache=False),
+            "cache": lambda: generate(model, prompt, n, temperature=0, use_cache=True),
+            "recompute": lambda: generate(model, prompt, n, temperature=0, use_cache=False),
         }, repeats=repeats, warmup=0)
         rows.append([n, f"{tokens_per_second(n, t['cache'])} ({t['cache']})", f"{tokens_per_second(n, t['recompute'])} ({t['recompute']})",
                      f"**{t['recompute'].median / t['cache'].median:.1f}x**"])
@@ -104,7 +99,7 @@ def versus_transformers(lengths: list[int], repeats: int, width: tuple[int, int,
         print(f"generation: gptlab vs transformers, {n} tokens ...", file=sys.stderr, flush=True)
         out: dict[str, list[int]] = {}  # each contender's last tokens, compared after timing
         t = interleaved({
-            "gptlab": lambda: out.__setitem__("gptlab", generate(ours, prompt[0].tolist(), greedy(n))[0]),
+            "gptlab": lambda: out.__setitem__("gptlab", generate(ours, prompt[0].tolist(), n, temperature=0)[0]),
             "transformers": lambda: out.__setitem__("transformers", hf_generate(n)),
         }, repeats=repeats, warmup=1)
         a, b = out["gptlab"], out["transformers"]

@@ -8,7 +8,6 @@ from gptlab.generation.generate import generate, generate_tokens
 from gptlab.generation.sampling import apply_repetition_penalty, sample_next, top_k_filter, top_p_filter
 from gptlab.models import GPT
 
-GREEDY = SamplingSettings(temperature=0, top_k=None)
 
 
 def make(cfg: ModelConfig, seed: int = 0) -> GPT:
@@ -62,7 +61,7 @@ def test_past_the_block_the_cache_re_prefills_the_newest_half_block(tiny_config)
 
 def test_a_block_of_one_still_generates():
     model = make(ModelConfig(vocab_size=10, block_size=1, n_layer=1, n_head=1, n_embd=8))
-    out = generate(model, [3], SamplingSettings(max_new_tokens=5, temperature=0, top_k=None))
+    out = generate(model, [3], 5, temperature=0)
     assert len(out[0]) == 5
 
 
@@ -71,8 +70,8 @@ def test_a_block_of_one_still_generates():
 
 def test_top_k_of_one_is_greedy(tiny_config):
     model = make(tiny_config)
-    greedy = generate(model, [1], SamplingSettings(max_new_tokens=12, temperature=0, top_k=None))
-    top1 = generate(model, [1], SamplingSettings(max_new_tokens=12, temperature=1.5, top_k=1), generator=torch.Generator().manual_seed(0))
+    greedy = generate(model, [1], 12, temperature=0)
+    top1 = generate(model, [1], 12, temperature=1.5, top_k=1, generator=torch.Generator().manual_seed(0))
     assert top1 == greedy
 
 
@@ -120,9 +119,9 @@ def test_repetition_penalty_divides_positive_and_multiplies_negative_logits_of_s
 def test_repetition_penalty_in_generation_counts_the_prompt_and_every_new_token(tiny_config):
     model = make(tiny_config)
     prompt = [1, 2, 3]
-    plain = generate(model, prompt, SamplingSettings(max_new_tokens=12, temperature=0, top_k=None))[0]
+    plain = generate(model, prompt, 12, temperature=0)[0]
     assert len(set(plain)) < len(plain)  # plain greedy loops
-    penalised = generate(model, prompt, SamplingSettings(max_new_tokens=12, temperature=0, top_k=None, repetition_penalty=1e6))[0]
+    penalised = generate(model, prompt, 12, temperature=0, repetition_penalty=1e6)[0]
     assert len(set(penalised)) == len(penalised) and not set(penalised) & set(prompt)
 
 
@@ -138,11 +137,10 @@ def test_bad_settings_are_refused_with_a_message():
 
 def test_a_batch_of_samples_is_independent_rows(tiny_config):
     model = make(tiny_config)
-    greedy = generate(model, [1, 2], SamplingSettings(max_new_tokens=10, temperature=0, top_k=None), num_samples=3)
+    greedy = generate(model, [1, 2], 10, temperature=0, num_samples=3)
     assert greedy == [greedy[0]] * 3  # the same prompt under greedy: every row is the single-sample answer
-    assert greedy[0] == generate(model, [1, 2], SamplingSettings(max_new_tokens=10, temperature=0, top_k=None))[0]
-    sampled = generate(model, [1, 2], SamplingSettings(max_new_tokens=10, temperature=1.0, top_k=None), 4,
-                       torch.Generator().manual_seed(0))
+    assert greedy[0] == generate(model, [1, 2], 10, temperature=0)[0]
+    sampled = generate(model, [1, 2], 10, temperature=1.0, num_samples=4, generator=torch.Generator().manual_seed(0))
     assert len({tuple(r) for r in sampled}) == 4
 
 
@@ -156,9 +154,9 @@ def test_a_seed_reproduces_a_sample_and_another_seed_changes_it(char_textgen):
 
 def test_stop_token_ends_each_row_where_it_first_appears(tiny_config):
     model = make(tiny_config)
-    full = generate(model, [1], SamplingSettings(max_new_tokens=15, temperature=0, top_k=None))[0]
+    full = generate(model, [1], 15, temperature=0)[0]
     stop = full[4]
-    assert generate(model, [1], SamplingSettings(max_new_tokens=15, temperature=0, top_k=None), stop_token=stop)[0] == full[: full.index(stop)]
+    assert generate(model, [1], 15, temperature=0, stop_token=stop)[0] == full[: full.index(stop)]
 
 
 class RenamedEot:

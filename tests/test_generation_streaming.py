@@ -1,5 +1,3 @@
-import pytest
-
 from gptlab.generation.streaming import REPLACEMENT, IncrementalDecoder, StopStrings
 
 TEXT = "naïve café – 東京 😀 ok"  # 2-, 3- and 4-byte characters
@@ -32,19 +30,24 @@ def test_byte_tokens_stream_as_whole_characters():
 
 
 def test_gpt2_tokens_that_split_characters_stream_whole(shared_data):
-    tiktoken = pytest.importorskip("tiktoken")
-    from tiktoken.load import load_tiktoken_bpe
+    from gptlab.tokenizers.gpt2 import GPT2Tokenizer
 
-    enc = tiktoken.Encoding(
-        name="gpt2",
-        pat_str=r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
-        mergeable_ranks=load_tiktoken_bpe(str(shared_data / "gpt2" / "gpt2.tiktoken")),
-        special_tokens={"<|endoftext|>": 50256},
-    )
-    ids = enc.encode(TEXT)
-    assert any(REPLACEMENT in enc.decode([i]) for i in ids)  # GPT-2 does split some of these characters
-    pieces, rest = stream(IncrementalDecoder(enc), ids)
-    assert "".join(pieces) + rest == TEXT
+    tok = GPT2Tokenizer.from_file(shared_data / "gpt2" / "gpt2.tiktoken")
+    ids = tok.encode(TEXT)
+    assert any(REPLACEMENT in tok.decode([i]) for i in ids)  # GPT-2 does split some of these characters
+    pieces, rest = stream(IncrementalDecoder(tok), ids)
+    assert "".join(pieces) + rest == TEXT and rest == ""
+    assert not any(REPLACEMENT in p for p in pieces)
+
+
+def test_trained_bpe_tokens_that_split_characters_stream_whole():
+    from gptlab.tokenizers.bpe import BPETokenizer
+
+    tok = BPETokenizer.train(["plain english words, over and over. " * 50 + TEXT], vocab_size=300)
+    ids = tok.encode(TEXT)
+    assert any(REPLACEMENT in tok.decode([i]) for i in ids)
+    pieces, rest = stream(IncrementalDecoder(tok), ids)
+    assert "".join(pieces) + rest == TEXT and rest == ""
     assert not any(REPLACEMENT in p for p in pieces)
 
 
@@ -69,3 +72,13 @@ def test_held_back_text_comes_out_at_the_end():
     stops = StopStrings(["\n\n"])
     assert stops.push("last line\n") == "last line"
     assert not stops.stopped and stops.flush() == "\n"
+
+
+def test_word_tokens_stream_with_the_spacing_their_decoder_restores():
+    from gptlab.tokenizers.word import WordTokenizer
+
+    text = 'He said: "Stay, good friend!" (and left.) Then -- silence.'
+    tok = WordTokenizer.train([text])
+    ids = tok.encode(text)
+    pieces, rest = stream(IncrementalDecoder(tok), ids)
+    assert "".join(pieces) + rest == tok.decode(ids)  # the decoder joins words, not pieces: the stream still agrees

@@ -51,11 +51,11 @@ def enable_line_editing() -> None:
 
 
 class Console:
-    def __init__(self, textgen: TextGenerator, read_line: Callable[[str], str] = input, out: TextIO = sys.stdout):
+    def __init__(self, textgen: TextGenerator, read_line: Callable[[str], str] = input, out: TextIO | None = None):
         self.textgen = textgen
         self.settings = textgen.settings
         self.read_line = read_line
-        self.out = out
+        self.out = out or sys.stdout  # looked up now, not at import, so a redirected stdout is honoured
         self.text = ""  # the conversation so far: what the model continues
         self.commands: dict[str, Callable[[str], bool]] = {
             **{name: (lambda a, name=name: self._set(name, a)) for name in SETTING_COMMANDS},

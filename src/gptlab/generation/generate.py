@@ -67,13 +67,22 @@ def generate_tokens(
 def generate(
     model: GPT,
     prompt: list[int],
-    settings: SamplingSettings,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
     num_samples: int = 1,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
+    *,
+    top_p: float | None = None,
+    repetition_penalty: float = 1.0,
     stop_token: int | None = None,
 ) -> list[list[int]]:
-    """The new token ids of each sample, each ending before `stop_token` (e.g. end-of-text) if it came."""
+    """The new token ids of each sample, each ending before `stop_token` (e.g. end-of-text) if it came.
+
+    nanoGPT's signature, for token-level use; text in, text out is gptlab.generation.load(...).
+    """
+    settings = SamplingSettings(max_new_tokens, temperature, top_k, top_p, repetition_penalty).validate()
     rows: list[list[int]] = [[] for _ in range(num_samples)]
     done = [False] * num_samples
     for step in generate_tokens(model, prompt, settings, num_samples, generator, use_cache):

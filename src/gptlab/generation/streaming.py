@@ -17,35 +17,34 @@ REPLACEMENT = "\ufffd"  # what a decoder writes for bytes that are not (yet) a w
 class IncrementalDecoder:
     """Token ids in, finished text out; works through any tokenizer's decode().
 
-    Decodes a short window of recent ids and releases only the text past what was already released
-    (the method of Hugging Face text-generation-inference), so decoders that do not simply concatenate
-    pieces (e.g. spacing around punctuation) stay right, and each step costs a few tokens' decode.
+    Each step decodes all ids so far (microseconds for a few thousand tokens) and releases what is new,
+    so decoders whose output depends on context, such as the word tokenizer's quotes and spacing,
+    stream exactly what decode() gives for the whole.
     """
 
     def __init__(self, tokenizer: Tokenizer):
         self.tokenizer = tokenizer
         self.ids: list[int] = []
-        self.prefix = 0  # ids[prefix:read] decode to text that was already released
-        self.read = 0
+        self.released = 0  # characters of the decoded text already given out
+        self.settled = 0  # ids whose text was released whole
 
     def push(self, token: int) -> str:
         """Add one token; return the text it completes ("" while a character is still partial)."""
         self.ids.append(token)
-        done = self.tokenizer.decode(self.ids[self.prefix : self.read])
-        text = self.tokenizer.decode(self.ids[self.prefix :])
+        text = self.tokenizer.decode(self.ids)
         # A UTF-8 character is at most 4 bytes: 4 tokens that still end broken are broken text (an undertrained
         # model makes such), so let them out as U+FFFD rather than stall the stream.
-        if len(text) > len(done) and (not text.endswith(REPLACEMENT) or len(self.ids) - self.read >= 4):
-            self.prefix, self.read = self.read, len(self.ids)
-            return text[len(done) :]
-        return ""
+        if text.endswith(REPLACEMENT) and len(self.ids) - self.settled < 4:
+            return ""
+        return self._release(text)
 
     def flush(self) -> str:
         """The text still held back (at the end, broken bytes come out as U+FFFD)."""
-        done = self.tokenizer.decode(self.ids[self.prefix : self.read])
-        text = self.tokenizer.decode(self.ids[self.prefix :])
-        self.prefix = self.read = len(self.ids)
-        return text[len(done) :]
+        return self._release(self.tokenizer.decode(self.ids))
+
+    def _release(self, text: str) -> str:
+        out, self.released, self.settled = text[self.released :], len(text), len(self.ids)
+        return out
 
 
 class StopStrings:
