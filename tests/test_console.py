@@ -71,6 +71,9 @@ def test_stop_strings_and_seed_from_the_console(char_textgen):
     assert console.text == "the king" + answer[: answer.index(stop)]
     console.handle("/stop")
     assert char_textgen.settings.stop == ()
+    console.handle("/max 0")
+    console.handle("the king")
+    assert console.out.getvalue().endswith("(nothing: the model ended the text, or a stop string came first)\n")
 
 
 def test_empty_lines_unknown_commands_bad_values_and_unknown_characters_get_a_message(char_textgen):

@@ -110,7 +110,9 @@ class Console:
                 produced.append(piece)
                 self.out.write(piece)
                 self.out.flush()
-            if produced and not produced[-1].endswith("\n"):
+            if not produced:
+                self.out.write("(nothing: the model ended the text, or a stop string came first)\n")
+            elif not produced[-1].endswith("\n"):
                 self.out.write("\n")
         except KeyboardInterrupt:
             self.out.write("\n[stopped]\n")
