@@ -59,3 +59,17 @@ def tiny_config():
 
 def ln(x: float) -> float:
     return math.log(x)
+
+
+@pytest.fixture
+def char_textgen():
+    """A TextGenerator over an untrained char GPT (block 32): fast, deterministic under a seed."""
+    from gptlab.config import ModelConfig
+    from gptlab.generation import TextGenerator
+    from gptlab.models import GPT
+    from gptlab.tokenizers.char import CharTokenizer
+
+    tok = CharTokenizer.train(["ROMEO: JULIET: the king and queen of denmark speak!\n,.?"])
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=32))
+    return TextGenerator(model, tok)

@@ -5,6 +5,7 @@
     gptlab train --data DIR --out RUN [--preset P] [--init-from CKPT] [--key value ...]
     gptlab train --resume RUN [--key value ...]     continue an interrupted run exactly
     gptlab sample RUN_OR_CHECKPOINT [--prompt TEXT] [--max-new-tokens N] ...
+    gptlab chat RUN_OR_CHECKPOINT [--temperature T] ...      the >: console
     gptlab info PRESET_OR_CONFIG_OR_CHECKPOINT [--batch_size N] [--vocab_size N]
     gptlab eval RUN_OR_CHECKPOINT [--text FILE ...]   loss, perplexity, bits per char/byte
     gptlab inspect RUN_OR_CHECKPOINT --out DIR [--prompt TEXT] [--compare RUN ...]   pictures
@@ -175,42 +176,63 @@ def cmd_train(args) -> None:
     train(cfg, args.data, args.out, overwrite=args.overwrite, init_from=args.init_from)
 
 
+def add_sampling_args(p) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=500)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
+    p.add_argument("--top-k", type=int, default=200, help="sample among the k most likely tokens (0 = all; default 200)")
+    p.add_argument("--top-p", type=float, default=None, help="sample among the most likely tokens whose probability reaches p")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 makes tokens already in the text less likely")
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT", help="end the text where TEXT appears (repeatable)")
+    p.add_argument("--seed", type=int, default=None, help="fix the random seed for a reproducible sample")
+    p.add_argument("--device", default="auto")
+
+
+def load_text_generator(args):
+    from gptlab.generation import load
+
+    return load(
+        args.checkpoint, args.device, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k or None,
+        top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop=tuple(args.stop), seed=args.seed,
+    )
+
+
 def add_sample(sub) -> None:
     p = sub.add_parser("sample", help="generate text from a trained model", description="Generate text from a checkpoint.")
     p.add_argument("checkpoint", type=Path, help="run directory (uses its best checkpoint) or checkpoint directory")
     p.add_argument("--prompt", default="", help="text to continue (default: start of a new document)")
-    p.add_argument("--max-new-tokens", type=int, default=500)
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=200, help="sample among the k most likely tokens (0 = all)")
-    p.add_argument("--num-samples", type=int, default=1)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--num-samples", type=int, default=1, help="samples generated together as one batch")
+    add_sampling_args(p)
     p.set_defaults(func=cmd_sample)
 
 
 def cmd_sample(args) -> None:
-    import torch
+    lm = load_text_generator(args)
+    if args.num_samples == 1:  # stream: text appears as it is generated
+        print(args.prompt, end="", flush=True)
+        for piece in lm.stream(args.prompt):
+            print(piece, end="", flush=True)
+        print()
+        return
+    for i, text in enumerate(lm.generate_batch(args.prompt, args.num_samples)):
+        print(f"--- sample {i + 1}")
+        print(args.prompt + text)
 
-    from gptlab.device import resolve_device, setup_device
-    from gptlab.generation.generate import generate
-    from gptlab.training.checkpoint import load_checkpoint
 
-    if args.max_new_tokens < 0 or args.num_samples < 1:
-        raise GptlabError("--max-new-tokens must be >= 0 and --num-samples >= 1")
-    device = resolve_device(args.device)
-    setup_device(device)
-    ckpt = load_checkpoint(args.checkpoint, device)
-    tok = ckpt.tokenizer
-    prompt = tok.encode(args.prompt) if args.prompt else [tok.eot_id]
-    if len(prompt) > ckpt.config.model.block_size:
-        prompt = prompt[-ckpt.config.model.block_size :]  # the model only ever sees its last block_size tokens
-    gen = torch.Generator(device=device)
-    gen.manual_seed(args.seed if args.seed is not None else torch.seed())
-    samples = generate(ckpt.model, prompt, args.max_new_tokens, args.temperature, args.top_k or None, args.num_samples, gen)
-    for i, ids in enumerate(samples):
-        if args.num_samples > 1:
-            print(f"--- sample {i + 1}")
-        print(args.prompt + tok.decode(ids))
+def add_chat(sub) -> None:
+    p = sub.add_parser("chat", help="talk to a trained model at a >: prompt", description="An interactive console: "
+                       "the model continues what you type, streaming; /help inside lists the commands.")
+    p.add_argument("checkpoint", type=Path, help="run directory (uses its best checkpoint) or checkpoint directory")
+    add_sampling_args(p)
+    p.set_defaults(func=cmd_chat)
+
+
+def cmd_chat(args) -> None:
+    from gptlab.generation.console import Console, enable_line_editing
+
+    lm = load_text_generator(args)
+    if sys.stdin.isatty():
+        enable_line_editing()
+    Console(lm).run()
 
 
 def add_info(sub) -> None:
@@ -388,6 +410,7 @@ def build_parser() -> Parser:
     add_tokenize(sub)
     add_train(sub)
     add_sample(sub)
+    add_chat(sub)
     add_info(sub)
     add_eval(sub)
     add_inspect(sub)

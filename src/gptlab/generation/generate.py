@@ -1,31 +1,69 @@
 """Autoregressive generation with a KV cache.
 
 The prompt is run through the model once (prefill) to fill the cache; each new token is then one
-forward pass over a single position. When the text outgrows the model's context (block_size), the
-cache is rebuilt from the most recent half block, so the model always sees its last
-block_size // 2 .. block_size tokens (learned positions cannot roll, they must be re-encoded).
+forward pass over a single position. The model only knows block_size positions, so when the text
+outgrows that window the cache is emptied and re-prefilled with the most recent half block: the model
+always sees its last block_size // 2 .. block_size tokens, and a re-prefill happens once every
+block_size // 2 tokens, so its cost spreads to about one extra position per step. (A rolling cache
+would keep stale learned or rotary positions in its keys; re-encoding keeps them exact.)
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
+from gptlab.generation.sampling import SamplingSettings, sample_next
 from gptlab.models import GPT, KVCache
 
 
-def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None) -> torch.Tensor:
-    """Pick the next token for each row of logits (B, vocab). temperature 0 means greedy."""
-    if temperature <= 0:
-        return logits.argmax(dim=-1, keepdim=True)
-    logits = logits / temperature
-    if top_k is not None and 0 < top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits.float(), dim=-1)
-    return torch.multinomial(probs, 1, generator=generator)
-
-
 @torch.inference_mode()
+def generate_tokens(
+    model: GPT,
+    prompt: list[int],
+    settings: SamplingSettings,
+    num_samples: int = 1,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+) -> Iterator[torch.Tensor]:
+    """Continue `prompt` (token ids, at least one) for each of `num_samples` rows at once.
+
+    Yields the new token of every row, a (num_samples,) tensor, once per step, up to
+    settings.max_new_tokens steps; stop iterating to stop generating.
+    With use_cache=False every step recomputes the whole window: the reference the cache is tested against.
+    """
+    if not prompt:
+        raise ValueError("generation needs at least one prompt token (e.g. the end-of-text token)")
+    model.eval()
+    param = next(model.parameters())
+    block = model.config.block_size
+    n = len(prompt)  # tokens so far, prompt included
+    tokens = torch.empty((num_samples, n + settings.max_new_tokens), dtype=torch.long, device=param.device)
+    tokens[:, :n] = torch.tensor(prompt, dtype=torch.long, device=param.device)
+    seen = None
+    if settings.repetition_penalty != 1.0:
+        seen = torch.zeros((num_samples, model.config.vocab_size), dtype=torch.bool, device=param.device)
+        seen[:, tokens[0, :n]] = True
+    cache = KVCache(model.config, num_samples, block, param.device, param.dtype) if use_cache else None
+    start = max(0, n - block)  # first token inside the model's window
+    for _ in range(settings.max_new_tokens):
+        if cache is None:
+            start = max(0, n - block)
+            logits, _ = model(tokens[:, start:n])
+        else:
+            if n - start > block:  # the window is full: keep its newest half and re-encode it
+                start = n - max(1, block // 2)
+                cache.length = 0
+            logits, _ = model(tokens[:, start + cache.length : n], cache=cache)
+        nxt = sample_next(logits[:, -1, :], settings, generator, seen)
+        tokens[:, n] = nxt[:, 0]
+        n += 1
+        if seen is not None:
+            seen.scatter_(1, nxt, True)
+        yield nxt[:, 0]
+
+
 def generate(
     model: GPT,
     prompt: list[int],
@@ -35,28 +73,26 @@ def generate(
     num_samples: int = 1,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
+    *,
+    top_p: float | None = None,
+    repetition_penalty: float = 1.0,
+    stop_token: int | None = None,
 ) -> list[list[int]]:
-    """Continue `prompt` (token ids, at least one) `max_new_tokens` times; returns the new ids per sample."""
-    if not prompt:
-        raise ValueError("generation needs at least one prompt token (e.g. the end-of-text token)")
-    model.eval()
-    device = next(model.parameters()).device
-    block = model.config.block_size
-    idx = torch.tensor([prompt] * num_samples, dtype=torch.long, device=device)
-    out = []
-    cache = None
-    for _ in range(max_new_tokens):
-        if not use_cache:
-            logits, _ = model(idx[:, -block:])
-        elif cache is None or cache.length == block:
-            keep = idx[:, -(block // 2 if cache is not None else block):]
-            cache = KVCache(model.config, num_samples, block, device, next(model.parameters()).dtype)
-            logits, _ = model(keep, cache=cache)
-        else:
-            logits, _ = model(idx[:, -1:], cache=cache)
-        nxt = sample_next(logits[:, -1, :], temperature, top_k, generator)
-        idx = torch.cat([idx, nxt], dim=1)
-        out.append(nxt)
-    if not out:
-        return [[] for _ in range(num_samples)]
-    return torch.cat(out, dim=1).tolist()
+    """The new token ids of each sample, each ending before `stop_token` (e.g. end-of-text) if it came.
+
+    nanoGPT's signature, for token-level use; text in, text out is gptlab.generation.load(...).
+    """
+    settings = SamplingSettings(max_new_tokens, temperature, top_k, top_p, repetition_penalty).validate()
+    rows: list[list[int]] = [[] for _ in range(num_samples)]
+    done = [False] * num_samples
+    for step in generate_tokens(model, prompt, settings, num_samples, generator, use_cache):
+        for row, token in enumerate(step.tolist()):
+            if done[row]:
+                continue
+            if token == stop_token:
+                done[row] = True
+            else:
+                rows[row].append(token)
+        if all(done):
+            break
+    return rows
