@@ -50,7 +50,8 @@ def load_modules(names: list[str]) -> dict:
 
 def provenance(command: str, seconds: float) -> str:
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return f"_Command: `{command}` ({seconds:.0f} s, {date}). Machine: {machine_line()}._"
+    load = os.getloadavg()[0]  # other work on the machine: above the core count, the numbers were taken under load
+    return f"_Command: `{command}` ({seconds:.0f} s, {date}, load average {load:.1f}). Machine: {machine_line()}._"
 
 
 def replace_block(doc: str, name: str, body: str) -> str:
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", metavar="NAME", help=f"suite modules to run (default: all): {', '.join(SUITE)}")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, numbers meaningless")
     parser.add_argument("--write", action="store_true", help=f"replace each section's block in {DOC.relative_to(REPO_ROOT)}")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's own, one per core); 1 keeps a loaded machine usable")
     parser.epilog = "The GPU script is separate: python -m benchmarks.gpu --help"
     args = parser.parse_args(argv)
     unknown = [n for n in args.names if n not in SUITE]
@@ -81,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick and args.write:
         parser.error("--quick numbers are meaningless; do not --write them to the doc")
     names = args.names or list(SUITE)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     modules = load_modules(names)
 
     command = "python -m benchmarks" + "".join(f" {shlex.quote(a)}" for a in (argv if argv is not None else sys.argv[1:]))

@@ -67,7 +67,8 @@ class Results:
 
     def add(self, part: str, markdown: str, data: dict) -> None:
         self.parts[part] = (markdown, data)
-        (self.out / "results.json").write_text(json.dumps({**self.header, **{k: d for k, (_, d) in self.parts.items()}}, indent=2) + "\n")
+        measured = {key: value for _, data in self.parts.values() for key, value in data.items()}
+        (self.out / "results.json").write_text(json.dumps({**self.header, **measured}, indent=2) + "\n")
         (self.out / "results.md").write_text(self.markdown())
 
     def markdown(self) -> str:

@@ -32,7 +32,7 @@ from gptlab.training.optim import build_optimizer
 from gptlab.training.schedule import lr_at
 
 PRESET = "shakespeare-char-cpu"
-TARGET_VAL_LOSS = 2.0  # reached in a few hundred steps at these shapes; the full recipe ends near 1.88
+TARGET_VAL_LOSS = 2.2  # about 700 steps at these shapes (the full 2000-step recipe ends near 1.88)
 REFERENCE = "transformers"
 
 
@@ -89,7 +89,7 @@ def val_loss(c: Contender, val_batches) -> float:
 def run(quick: bool) -> str:
     device = torch.device("cpu")
     setup_device(device)
-    max_steps, chunk, target = (20, 10, 4.0) if quick else (1000, 50, TARGET_VAL_LOSS)
+    max_steps, chunk, target = (10, 5, 4.0) if quick else (1000, 50, TARGET_VAL_LOSS)
     eval_batches = 2 if quick else 20
     with tempfile.TemporaryDirectory(prefix="gptlab-bench-training-") as tmp:
         data = TokenData(prepared_tiny_shakespeare(Path(tmp)))
