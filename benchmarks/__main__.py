@@ -38,6 +38,9 @@ def load_modules(names: list[str]) -> dict:
             if e.name != f"benchmarks.{name}":
                 raise  # the module exists but needs something that is not installed: show the real error
             missing.append(name)
+            continue
+        if not callable(getattr(modules[name], "run", None)):
+            raise SystemExit(f"benchmarks: benchmarks/{name}.py has no run(quick) -> str; see benchmarks/README.md for the contract")
     if missing:
         have = [n for n in names if n not in missing]
         raise SystemExit(
@@ -83,9 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick and args.write:
         parser.error("--quick numbers are meaningless; do not --write them to the doc")
     names = args.names or list(SUITE)
-    if args.threads:
-        import torch
+    import torch
 
+    torch.set_flush_denormal(True)  # as gptlab does on CPU: denormals made backward passes 10-20x slower here
+    if args.threads:
         torch.set_num_threads(args.threads)
     modules = load_modules(names)
 

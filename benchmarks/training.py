@@ -189,3 +189,46 @@ Val loss after every chunk (not timed), on the same {eval_batches} fixed val bat
 Time ratio below 1.0: gptlab reaches the target sooner. The head-to-head pair starts from the same
 weights and sees the same batches, so it needs the same steps up to float rounding; its time ratio
 is its speed. The shipped preset (no biases) starts from different random weights."""
+
+
+def profile(steps: int = 10) -> None:
+    """Where each loop's time goes: torch.profiler's top operators over `steps` training steps."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    setup_device(torch.device("cpu"))
+    mc = build_config(PRESET, {"bias": True, "vocab_size": 66}).model
+    tc = build_config(PRESET, {}).train
+    torch.manual_seed(tc.seed)
+    ours = GPT(mc)
+    gen = torch.Generator().manual_seed(tc.seed)
+    x, y = (torch.randint(mc.vocab_size, (tc.batch_size, mc.block_size), generator=gen) for _ in "xy")
+    for name, model, loss_fn in (("gptlab", ours, gptlab_loss), (REFERENCE, transformers_twin(ours), transformers_loss)):
+        optimizer = build_optimizer(model, tc, torch.device("cpu"))
+
+        def step():
+            loss_fn(model, x, y).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        for _ in range(3):
+            step()
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                step()
+        print(f"== {name}: {steps} training steps")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.training", description="gptlab vs transformers training loop")
+    parser.add_argument("--profile", action="store_true", help="print torch.profiler's top operators for each loop (else: run the benchmark)")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    if args.profile:
+        profile()
+    else:
+        print(run(args.quick))
