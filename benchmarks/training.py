@@ -27,6 +27,7 @@ from benchmarks.common import Timing, markdown_table, prepared_tiny_shakespeare
 from gptlab.config import build_config
 from gptlab.data.batches import TokenData
 from gptlab.device import setup_device
+from gptlab.interop.hf import hf_config_from_model, hf_state_dict
 from gptlab.models import GPT
 from gptlab.training.optim import build_optimizer
 from gptlab.training.schedule import lr_at
@@ -57,24 +58,15 @@ def transformers_loss(model, x, y):
     return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
 
 
-def transformers_twin(gpt: GPT) -> torch.nn.Module:
-    """A GPT2LMHeadModel with the same shapes and a copy of gpt's weights (GPT-2 names match one-to-one)."""
+def transformers_twin(gpt: GPT, eot_id: int) -> torch.nn.Module:
+    """A transformers GPT2LMHeadModel with gpt's shapes and a copy of its weights (gptlab's HF export mapping)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    c = gpt.config
-    hf = GPT2LMHeadModel(GPT2Config(
-        vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer, n_head=c.n_head,
-        activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-        bos_token_id=c.vocab_size - 1, eos_token_id=c.vocab_size - 1,
-        use_cache=False, attn_implementation="sdpa", tie_word_embeddings=True,
-    ))
-    ours = gpt.state_dict()
-    state = {}
-    for name, value in hf.state_dict().items():
-        # transformers' GPT-2 stores its linear layers as Conv1D, weight (in, out): ours transposed.
-        conv1d = name.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight"))
-        state[name] = ours[name].t() if conv1d else ours[name]
-    hf.load_state_dict(state)
+    config = GPT2Config(**{**hf_config_from_model(gpt.config, eot_id), "use_cache": False})
+    hf = GPT2LMHeadModel._from_config(config, attn_implementation="sdpa")
+    missing, unexpected = hf.load_state_dict(hf_state_dict(gpt), strict=False)
+    if unexpected or set(missing) - {"lm_head.weight"}:  # the head is tied to wte, which was copied
+        raise RuntimeError(f"weights did not map onto GPT2LMHeadModel: missing {missing}, unexpected {unexpected}")
     return hf
 
 
@@ -108,7 +100,7 @@ def run(quick: bool) -> str:
     contenders = {
         "gptlab (with biases, as transformers)": Contender(with_bias, gptlab_loss),
         f"gptlab ({PRESET} as shipped: no biases)": Contender(as_shipped, gptlab_loss),
-        f"{REFERENCE} GPT2LMHeadModel": Contender(transformers_twin(with_bias), transformers_loss),
+        f"{REFERENCE} GPT2LMHeadModel": Contender(transformers_twin(with_bias, data.meta["tokenizer"]["eot_id"]), transformers_loss),
     }
     for c in contenders.values():
         c.optimizer = build_optimizer(c.model, tc, device)
@@ -203,7 +195,7 @@ def profile(steps: int = 10) -> None:
     ours = GPT(mc)
     gen = torch.Generator().manual_seed(tc.seed)
     x, y = (torch.randint(mc.vocab_size, (tc.batch_size, mc.block_size), generator=gen) for _ in "xy")
-    for name, model, loss_fn in (("gptlab", ours, gptlab_loss), (REFERENCE, transformers_twin(ours), transformers_loss)):
+    for name, model, loss_fn in (("gptlab", ours, gptlab_loss), (REFERENCE, transformers_twin(ours, mc.vocab_size - 1), transformers_loss)):
         optimizer = build_optimizer(model, tc, torch.device("cpu"))
 
         def step():

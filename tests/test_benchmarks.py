@@ -40,7 +40,7 @@ def test_transformers_twin_computes_the_same_function(tiny_config):
     ours = GPT(tiny_config).eval()
     for p in ours.parameters():  # biases start at zero: move them so a missed copy would show
         torch.nn.init.normal_(p, std=0.05)
-    twin = transformers_twin(ours).eval()
+    twin = transformers_twin(ours, eot_id=tiny_config.vocab_size - 1).eval()
     assert sum(p.numel() for p in twin.parameters()) == sum(p.numel() for p in ours.parameters())
     x = torch.randint(0, tiny_config.vocab_size, (2, tiny_config.block_size))
     y = torch.randint(0, tiny_config.vocab_size, (2, tiny_config.block_size))
