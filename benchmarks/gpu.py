@@ -10,7 +10,7 @@ Two parts, in this order, both with bf16 autocast and SDPA (flash attention on C
               compiled, until val loss <= 1.47, the preset's last step, or the time budget.
 Everything it writes goes under --out: results.md and results.json (rewritten after each part, so
 a run cut short keeps what it measured) and scratch/ (prepared data, compiler caches; removed at
-the end unless --keep-scratch). Needs only torch, numpy and pyyaml besides gptlab itself.
+the end unless --keep-scratch). Needs gptlab's own dependencies and nothing else (no transformers).
 """
 
 from __future__ import annotations
