@@ -33,7 +33,7 @@ from gptlab.training.optim import build_optimizer
 from gptlab.training.schedule import lr_at
 
 PRESET = "shakespeare-char-cpu"
-TARGET_VAL_LOSS = 2.2  # about 700 steps at these shapes (the full 2000-step recipe ends near 1.88)
+TARGET_VAL_LOSS = 2.3  # about 550 steps at these shapes (the full 2000-step recipe ends near 1.88)
 REFERENCE = "transformers"
 
 
