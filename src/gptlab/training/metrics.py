@@ -1,24 +1,61 @@
-"""Metrics as JSON lines, and the loss-curve picture drawn from them."""
+"""Metrics as JSON lines (optionally mirrored to TensorBoard), and the loss-curve picture drawn from them."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
+from gptlab.errors import GptlabError
+
 METRICS = "metrics.jsonl"
 LOSS_PLOT = "loss.png"
+TENSORBOARD = "tensorboard"
+
+
+def require_tensorboard() -> None:
+    try:
+        import torch.utils.tensorboard  # noqa: F401  (needs the tensorboard package)
+    except ImportError:
+        raise GptlabError("--tensorboard true needs the tensorboard package: pip install 'gptlab[tensorboard]', or leave it off") from None
 
 
 class MetricsLog:
-    """Appends one JSON object per line: {"kind": "train"|"eval", "step": ..., ...}."""
+    """Appends one JSON object per line: {"kind": "train"|"eval", "step": ..., ...}; with
+    tensorboard, each number also goes to RUN/tensorboard as the scalar "kind/name"."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, tensorboard: bool = False, start_step: int = 0):
         self.path = Path(run_dir) / METRICS
+        self.tensorboard = None
+        if tensorboard:
+            require_tensorboard()
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step hides what an interrupted run logged after the checkpoint it resumes from.
+            self.tensorboard = SummaryWriter(str(Path(run_dir) / TENSORBOARD), purge_step=start_step + 1 if start_step else None)
 
     def write(self, kind: str, step: int, **values: Any) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps({"kind": kind, "step": step, **values}) + "\n")
+        if self.tensorboard is not None:
+            for name, value in values.items():
+                self.tensorboard.add_scalar(f"{kind}/{name}", value, step)
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+def truncate_metrics(run_dir: Path, step: int) -> None:
+    """Drop the rows logged after `step`: what an interrupted run did past the checkpoint it resumes from."""
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    tmp = path.with_name(f".{METRICS}.tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    os.replace(tmp, path)
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
