@@ -7,7 +7,8 @@ Two parts, in this order, both with bf16 autocast and SDPA (flash attention on C
   throughput  GPT-2 124M shapes (12 layers, 12 heads, 768 wide, block 1024, vocab 50304), eager and
               torch.compile timed in alternation; tokens/s and MFU (6N + 12*L*H*Q*T FLOPs per token).
   target      the shakespeare-char preset (nanoGPT's recipe: about 3 minutes to val 1.47 on an A100),
-              compiled, until val loss <= 1.47, the preset's last step, or the time budget.
+              compiled, trained by gptlab's own Trainer.train_step, until val loss <= 1.47, the preset's
+              last step, or the time budget.
 Everything it writes goes under --out: results.md and results.json (rewritten after each part, so
 a run cut short keeps what it measured) and scratch/ (prepared data, compiler caches; removed at
 the end unless --keep-scratch). Needs gptlab's own dependencies and nothing else (no transformers).
@@ -27,28 +28,10 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 TARGET_VAL_LOSS = 1.47
-# Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets; --peak-tflops overrides.
-PEAK_BF16 = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "GH200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "L4": 121e12}
 
 
 def log(msg: str) -> None:
     print(msg, flush=True)
-
-
-def peak_flops(device_name: str, override_tflops: float | None) -> float | None:
-    if override_tflops:
-        return override_tflops * 1e12
-    for key, peak in PEAK_BF16.items():  # most specific names first
-        if key in device_name:
-            return peak
-    return None
-
-
-def flops_per_token(model) -> float:
-    """Training FLOPs per token as nanoGPT and the PaLM paper count them: 6N for the matmuls of
-    forward and backward, plus 12*L*H*Q*T for attention's scores and weighted sums."""
-    c = model.config
-    return 6 * model.num_params() + 12 * c.n_layer * c.n_head * (c.n_embd // c.n_head) * c.block_size
 
 
 class Budget:
@@ -77,7 +60,7 @@ class Results:
         return "\n\n".join(lines) + "\n"
 
 
-def train_steps(model, optimizer, batches, steps: int, amp, grad_clip: float = 1.0) -> None:
+def train_steps(model, optimizers, batches, steps: int, amp, grad_clip: float = 1.0) -> None:
     import torch
 
     for i in range(steps):
@@ -86,8 +69,9 @@ def train_steps(model, optimizer, batches, steps: int, amp, grad_clip: float = 1
             _, loss = model(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        for opt in optimizers:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
 
 
 def throughput(args, device, results: Results, budget: Budget, scratch: Path) -> None:
@@ -97,7 +81,9 @@ def throughput(args, device, results: Results, budget: Budget, scratch: Path) ->
     from gptlab.config import ModelConfig, TrainConfig
     from gptlab.device import autocast
     from gptlab.models import GPT
-    from gptlab.training.optim import build_optimizer
+    from gptlab.device import peak_flops
+    from gptlab.training.optim import build_optimizers
+    from gptlab.training.trainer import flops_per_token
 
     if args.smoke:
         mc = ModelConfig(vocab_size=512, block_size=64, n_layer=2, n_head=2, n_embd=64, dropout=0.0)
@@ -125,8 +111,7 @@ def throughput(args, device, results: Results, budget: Budget, scratch: Path) ->
             if compiled and args.no_compile:
                 continue
             model = GPT(mc).to(device)
-            optimizer = build_optimizer(model, tc, device)
-            runs[name] = (torch.compile(model) if compiled else model, optimizer)
+            runs[name] = (torch.compile(model) if compiled else model, build_optimizers(model, tc))
         log(f"throughput: batch {batch_size}; timing {', '.join(runs)} in alternation ({repeats} x {steps} steps after an untimed warm-up that compiles)")
         sync = torch.cuda.synchronize if device.type == "cuda" else None
         timings = interleaved(
@@ -148,7 +133,7 @@ def throughput(args, device, results: Results, budget: Budget, scratch: Path) ->
         torch.cuda.empty_cache()
         log(f"throughput: out of memory; retrying with batch {batch_size}")
 
-    peak = peak_flops(torch.cuda.get_device_name() if device.type == "cuda" else "", args.peak_tflops)
+    peak = peak_flops(device, (args.peak_tflops or 0) * 1e12)
     tokens = steps * batch_size * mc.block_size
     rows, data = [], {}
     eager_tok_s = tokens / timings["eager"].median
@@ -199,11 +184,8 @@ def time_to_target(args, device, results: Results, budget: Budget, scratch: Path
     from gptlab.config import build_config
     from gptlab.data.batches import TokenData
     from gptlab.data.prepare import prepare
-    from gptlab.device import autocast
-    from gptlab.models import GPT
-    from gptlab.training.optim import build_optimizer
-    from gptlab.training.schedule import lr_at
-    from gptlab.training.trainer import estimate_loss
+    from gptlab.training.distributed import SINGLE
+    from gptlab.training.trainer import Trainer, estimate_loss
 
     preset = "tiny" if args.smoke else "shakespeare-char"
     overrides = {"max_iters": 30, "eval_interval": 10, "eval_iters": 2} if args.smoke else {}
@@ -218,26 +200,22 @@ def time_to_target(args, device, results: Results, budget: Budget, scratch: Path
     data.check_block_size(mc.block_size)
     if device.type == "cpu":
         tc.dtype = "float32"
-    compiled = not args.no_compile
+    compiled = tc.compile = not args.no_compile
     log(f"target: preset {preset} ({mc.n_layer}/{mc.n_head}/{mc.n_embd}, block {mc.block_size}, batch {tc.batch_size}, "
         f"dropout {mc.dropout}, {tc.max_iters} steps), {'compiled' if compiled else 'eager'}, until val <= {target}; "
         f"{budget.left():.0f} s of budget left")
 
     start = time.perf_counter()
-    torch.manual_seed(tc.seed)
-    model = GPT(mc).to(device)
-    optimizer = build_optimizer(model, tc, device)
-    net = torch.compile(model) if compiled else model
-    gen = torch.Generator().manual_seed(tc.seed)
+    trainer = Trainer(cfg, data, scratch / "run", SINGLE, device)  # gptlab's own step: model, optimizers, schedule, sampler
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     train_seconds = eval_seconds = 0.0
     evals, reached, stop_reason = [], None, f"the preset's last step ({tc.max_iters})"
     step = 0
-    net.train()
+    trainer.model.train()
     while True:
         if step % tc.eval_interval == 0 or step == tc.max_iters:
             t = time.perf_counter()
-            val = estimate_loss(net, data, cfg, device, splits=("val",))["val"]
+            val = estimate_loss(trainer.model, data, cfg, device, splits=("val",))["val"]
             eval_seconds += time.perf_counter() - t
             evals.append({"step": step, "val_loss": val, "wall_s": time.perf_counter() - start, "train_s": train_seconds})
             log(f"target: step {step}: val {val:.4f} (wall {evals[-1]['wall_s']:.0f} s, training {train_seconds:.0f} s)")
@@ -251,16 +229,7 @@ def time_to_target(args, device, results: Results, budget: Budget, scratch: Path
             stop_reason = "the time budget (--max-seconds)"
             break
         t = time.perf_counter()
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, tc)
-        x, y = data.get_batch("train", tc.batch_size, mc.block_size, gen, device)
-        with autocast(device, tc.dtype):
-            _, loss = net(x, y)
-        loss.backward()
-        if tc.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        trainer.train_step()
         step += 1
         if step % tc.log_interval == 0:
             sync()  # so the step times are honest

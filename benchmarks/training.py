@@ -3,7 +3,8 @@
 Same shapes (the shakespeare-char-cpu preset: 4 layers, 4 heads, 128 wide, block 64, batch 12),
 same data (Tiny Shakespeare, char tokens from `gptlab prepare`), the same batches in the same
 order, the same optimiser (gptlab's AdamW groups, lr schedule, betas, clipping) and the same
-initial weights: the transformers model starts from a copy of gptlab's (transformers' GPT-2 has
+initial weights. gptlab trains with its own trainer (`Trainer.train_step`); transformers with the
+plain loop one would write: the transformers model starts from a copy of gptlab's (transformers' GPT-2 has
 biases everywhere, so the head-to-head gptlab model has them too; the preset as shipped, without
 biases, runs as a third contender). The loops advance in alternating chunks of steps, so load on
 the machine hits them alike; each chunk gives one tokens/s sample, and after each chunk the val
@@ -29,8 +30,10 @@ from gptlab.data.batches import TokenData
 from gptlab.device import setup_device
 from gptlab.interop.hf import hf_config_from_model, hf_state_dict
 from gptlab.models import GPT
-from gptlab.training.optim import build_optimizer
+from gptlab.training.distributed import SINGLE
+from gptlab.training.optim import build_optimizers, set_lr
 from gptlab.training.schedule import lr_at
+from gptlab.training.trainer import Trainer
 
 PRESET = "shakespeare-char-cpu"
 TARGET_VAL_LOSS = 2.3  # about 550 steps at these shapes (the full 2000-step recipe ends near 1.88)
@@ -39,13 +42,37 @@ REFERENCE = "transformers"
 
 @dataclass
 class Contender:
-    model: torch.nn.Module
+    model: torch.nn.Module  # for evaluation
     loss: Callable  # (model, x, y) -> scalar loss
-    optimizer: torch.optim.Optimizer | None = None
+    train_step: Callable[[int], None]  # one optimizer update at this step
     train_seconds: float = 0.0
     chunk_seconds: list[float] = field(default_factory=list)
     val_losses: list[tuple[int, float]] = field(default_factory=list)  # (step, val loss)
     reached: tuple[int, float] | None = None  # (step, training seconds) when val first <= target
+
+
+def gptlab_contender(cfg, data: TokenData, run_dir: Path, device) -> Contender:
+    """gptlab's own trainer: its model, optimizers, schedule, batch sampler and train_step."""
+    trainer = Trainer(cfg, data, run_dir, SINGLE, device)
+    trainer.model.train()
+    return Contender(trainer.model, gptlab_loss, lambda step: trainer.train_step())
+
+
+def transformers_contender(model: torch.nn.Module, tc, batches) -> Contender:
+    """The plain loop one writes for a transformers model, with gptlab's optimizer groups and schedule."""
+    optimizers = build_optimizers(model, tc)
+    model.train()
+
+    def train_step(step: int) -> None:
+        set_lr(optimizers, lr_at(step, tc))
+        x, y = batches[step]
+        transformers_loss(model, x, y).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        for opt in optimizers:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    return Contender(model, transformers_loss, train_step)
 
 
 def gptlab_loss(model, x, y):
@@ -85,43 +112,34 @@ def run(quick: bool) -> str:
     eval_batches = 2 if quick else 20
     with tempfile.TemporaryDirectory(prefix="gptlab-bench-training-") as tmp:
         data = TokenData(prepared_tiny_shakespeare(Path(tmp)))
-        cfg = build_config(PRESET, {})
+        cfg = build_config(PRESET, {"device": "cpu"})
         cfg.model.vocab_size = data.vocab_size
         mc, tc = cfg.model, cfg.train
+        # The batches gptlab's trainer will draw (same generator, same seed), for the transformers loop.
         gen = torch.Generator().manual_seed(tc.seed)
         batches = [data.get_batch("train", tc.batch_size, mc.block_size, gen, device) for _ in range(max_steps)]
         val_gen = torch.Generator().manual_seed(tc.seed + 1)
         val_batches = [data.get_batch("val", tc.batch_size, mc.block_size, val_gen, device) for _ in range(eval_batches)]
 
-    torch.manual_seed(tc.seed)
-    with_bias = GPT(dataclasses.replace(mc, bias=True))
-    torch.manual_seed(tc.seed)
-    as_shipped = GPT(mc)
-    contenders = {
-        "gptlab (with biases, as transformers)": Contender(with_bias, gptlab_loss),
-        f"gptlab ({PRESET} as shipped: no biases)": Contender(as_shipped, gptlab_loss),
-        f"{REFERENCE} GPT2LMHeadModel": Contender(transformers_twin(with_bias, data.meta["tokenizer"]["eot_id"]), transformers_loss),
-    }
-    for c in contenders.values():
-        c.optimizer = build_optimizer(c.model, tc, device)
-        c.model.train()
+        with_bias = gptlab_contender(dataclasses.replace(cfg, model=dataclasses.replace(mc, bias=True)), data, Path(tmp) / "run", device)
+        contenders = {
+            "gptlab (with biases, as transformers)": with_bias,
+            f"gptlab ({PRESET} as shipped: no biases)": gptlab_contender(cfg, data, Path(tmp) / "run", device),
+            f"{REFERENCE} GPT2LMHeadModel": transformers_contender(
+                transformers_twin(with_bias.model, data.meta["tokenizer"]["eot_id"]), tc, batches),
+        }
+        return race(contenders, max_steps, chunk, target, val_batches, quick, mc, tc)
 
-    def train_chunk(c: Contender, first: int) -> None:
-        for step in range(first, first + chunk):
-            for group in c.optimizer.param_groups:
-                group["lr"] = lr_at(step, tc)
-            x, y = batches[step]
-            c.loss(c.model, x, y).backward()
-            torch.nn.utils.clip_grad_norm_(c.model.parameters(), tc.grad_clip)
-            c.optimizer.step()
-            c.optimizer.zero_grad(set_to_none=True)
 
+def race(contenders: dict[str, Contender], max_steps: int, chunk: int, target: float, val_batches, quick: bool, mc, tc) -> str:
+    """Advance every contender chunk by chunk in alternation; evaluate after each chunk (untimed)."""
     order = list(contenders)
     for first in range(0, max_steps, chunk):
         for name in order:
             c = contenders[name]
             t = time.perf_counter()
-            train_chunk(c, first)
+            for step in range(first, first + chunk):
+                c.train_step(step)
             seconds = time.perf_counter() - t
             c.train_seconds += seconds
             if first > 0 or quick:  # the first chunk warms up allocator and caches
@@ -134,7 +152,7 @@ def run(quick: bool) -> str:
         print(f"  training: step {first + chunk}: " + ", ".join(f"{c.val_losses[-1][1]:.3f}" for c in contenders.values()), file=sys.stderr)
         if all(c.reached for c in contenders.values()) and first + chunk >= 4 * chunk:
             break
-    return report(contenders, mc, tc, chunk, target, eval_batches)
+    return report(contenders, mc, tc, chunk, target, len(val_batches))
 
 
 def report(contenders: dict[str, Contender], mc, tc, chunk: int, target: float, eval_batches: int) -> str:
@@ -168,7 +186,8 @@ block {mc.block_size}, batch {tc.batch_size}, vocab {mc.vocab_size}), Tiny Shake
 batches in the same order, AdamW with gptlab's parameter groups (lr {tc.learning_rate:g} with {tc.warmup_iters} warmup
 steps and cosine decay over {tc.max_iters}, betas ({tc.beta1}, {tc.beta2}), weight decay {tc.weight_decay} on matrices,
 clip {tc.grad_clip}), float32 on CPU, transformers with `attn_implementation="sdpa"` and
-`gelu_new` starting from a copy of gptlab's initial weights. The loops run in alternating chunks of
+`gelu_new` starting from a copy of gptlab's initial weights; gptlab steps with its own
+`Trainer.train_step`, transformers with a plain loop. The loops run in alternating chunks of
 {chunk} steps (first chunk discarded as warm-up); one tokens/s sample per chunk, {samples} samples each.
 
 {throughput}
@@ -196,13 +215,14 @@ def profile(steps: int = 10) -> None:
     gen = torch.Generator().manual_seed(tc.seed)
     x, y = (torch.randint(mc.vocab_size, (tc.batch_size, mc.block_size), generator=gen) for _ in "xy")
     for name, model, loss_fn in (("gptlab", ours, gptlab_loss), (REFERENCE, transformers_twin(ours, mc.vocab_size - 1), transformers_loss)):
-        optimizer = build_optimizer(model, tc, torch.device("cpu"))
+        optimizers = build_optimizers(model, tc)
 
         def step():
             loss_fn(model, x, y).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            for opt in optimizers:
+                opt.step()
+                opt.zero_grad(set_to_none=True)
 
         for _ in range(3):
             step()
