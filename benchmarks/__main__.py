@@ -30,23 +30,23 @@ BUDGET_SECONDS = 600  # the whole CPU suite must finish within this on the 2-cor
 
 def load_modules(names: list[str]) -> dict:
     """Import every requested module before running any, so a missing one fails at once, not after minutes."""
-    modules, missing = {}, []
+    modules, problems = {}, []
     for name in names:
         try:
-            modules[name] = importlib.import_module(f"benchmarks.{name}")
+            module = importlib.import_module(f"benchmarks.{name}")
         except ModuleNotFoundError as e:
             if e.name != f"benchmarks.{name}":
                 raise  # the module exists but needs something that is not installed: show the real error
-            missing.append(name)
+            problems.append(f"benchmarks/{name}.py is missing ({SUITE[name]})")
             continue
-        if not callable(getattr(modules[name], "run", None)):
-            raise SystemExit(f"benchmarks: benchmarks/{name}.py has no run(quick) -> str; see benchmarks/README.md for the contract")
-    if missing:
-        have = [n for n in names if n not in missing]
+        if not callable(getattr(module, "run", None)):
+            problems.append(f"benchmarks/{name}.py has no run(quick) -> str (the contract in benchmarks/README.md)")
+            continue
+        modules[name] = module
+    if problems:
         raise SystemExit(
-            "benchmarks: missing suite module(s): "
-            + ", ".join(f"benchmarks/{n}.py ({SUITE[n]})" for n in missing)
-            + (f"; run the others by name: python -m benchmarks {' '.join(have)}" if have else "")
+            "benchmarks: " + "; ".join(problems)
+            + (f". Run the others by name: python -m benchmarks {' '.join(modules)}" if modules else "")
         )
     return modules
 

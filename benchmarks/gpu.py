@@ -83,7 +83,7 @@ def throughput(args, device, results: Results, budget: Budget, scratch: Path) ->
     from gptlab.models import GPT
     from gptlab.device import peak_flops
     from gptlab.training.optim import build_optimizers
-    from gptlab.training.trainer import flops_per_token
+    from gptlab.models.info import flops_per_token
 
     if args.smoke:
         mc = ModelConfig(vocab_size=512, block_size=64, n_layer=2, n_head=2, n_embd=64, dropout=0.0)
@@ -118,7 +118,7 @@ def throughput(args, device, results: Results, budget: Budget, scratch: Path) ->
             {name: (lambda n=net, o=opt: train_steps(n, o, batches, steps, amp)) for name, (net, opt) in runs.items()},
             repeats=repeats, warmup=1, sync=sync,
         )
-        return timings, flops_per_token(model), model.num_params()
+        return timings, flops_per_token(mc), model.num_params()
 
     log(f"throughput: {mc.n_layer} layers, {mc.n_head} heads, {mc.n_embd} wide, block {mc.block_size}, vocab {mc.vocab_size}")
     while True:

@@ -27,7 +27,7 @@ def test_a_missing_suite_module_fails_by_name(monkeypatch):
     import benchmarks.__main__ as runner
 
     monkeypatch.setitem(runner.SUITE, "no_such_bench", "something not written yet")
-    with pytest.raises(SystemExit, match=r"benchmarks/no_such_bench\.py \(something not written yet\).*python -m benchmarks training"):
+    with pytest.raises(SystemExit, match=r"benchmarks/no_such_bench\.py is missing \(something not written yet\).*python -m benchmarks training"):
         load_modules(["training", "no_such_bench"])
 
 

@@ -27,7 +27,7 @@ from safetensors.torch import load_model, save_model
 
 from gptlab.config import RunConfig
 from gptlab.errors import GptlabError
-from gptlab.models import GPT
+from gptlab.models import GPT, build_model
 from gptlab.tokenizers import Tokenizer, load_tokenizer
 
 WEIGHTS = "model.safetensors"
@@ -99,7 +99,7 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Checkpoin
     ckpt_dir = resolve_checkpoint(path)
     info = read_info(ckpt_dir)
     cfg = RunConfig.from_dict(info.pop("run"))
-    model = GPT(cfg.model)
+    model = build_model(cfg.model)
     try:
         missing, unexpected = load_model(model, str(ckpt_dir / WEIGHTS), strict=False, device=str(device))
     except (SafetensorError, OSError, RuntimeError) as e:
