@@ -9,6 +9,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 
 def machine() -> dict[str, str]:
@@ -97,3 +98,24 @@ def markdown_table(header: list[str], rows: list[list[object]]) -> str:
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY_SHAKESPEARE = REPO_ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+
+
+def tiny_shakespeare() -> Path:
+    """Tiny Shakespeare (1.1 MB), read from ../shared/data beside the repository; never copied into it."""
+    if not TINY_SHAKESPEARE.is_file():
+        raise SystemExit(f"benchmark data missing: {TINY_SHAKESPEARE} (Tiny Shakespeare beside the repository root)")
+    return TINY_SHAKESPEARE
+
+
+def prepared_tiny_shakespeare(tmp_dir: Path) -> Path:
+    """Tiny Shakespeare prepared with gptlab's char tokenizer (90/10 split by position, as nanoGPT) into tmp_dir."""
+    from gptlab.data.prepare import prepare
+
+    out = Path(tmp_dir) / "tinyshakespeare-char"
+    if not (out / "meta.json").is_file():
+        prepare([str(tiny_shakespeare())], out)
+    return out
