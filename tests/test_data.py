@@ -74,7 +74,7 @@ def test_batches_are_next_token_windows_from_memmap(corpus_file, tmp_path):
     assert x.shape == y.shape == (4, 8) and x.dtype == torch.long
     assert torch.equal(x[:, 1:], y[:, :-1])
     with pytest.raises(GptlabError, match="fewer than block_size"):
-        data.check_block_size(10**6)
+        data.check_fits(10**6, 1)
 
 
 def test_invalid_utf8_names_the_file_and_offset(tmp_path):

@@ -87,7 +87,7 @@ def cmd_sample(args) -> None:
     import torch
 
     from gptlab.device import resolve_device, setup_device
-    from gptlab.generation.generate import generate
+    from gptlab.generation.generate import encode_prompt, generate
     from gptlab.training.checkpoint import load_checkpoint
 
     if args.max_new_tokens < 0 or args.num_samples < 1:
@@ -96,9 +96,7 @@ def cmd_sample(args) -> None:
     setup_device(device)
     ckpt = load_checkpoint(args.checkpoint, device)
     tok = ckpt.tokenizer
-    prompt = tok.encode(args.prompt) if args.prompt else [tok.eot_id]
-    if len(prompt) > ckpt.config.model.block_size:
-        prompt = prompt[-ckpt.config.model.block_size :]  # the model only ever sees its last block_size tokens
+    prompt = encode_prompt(tok, args.prompt, ckpt.config.model.block_size)
     gen = torch.Generator(device=device)
     gen.manual_seed(args.seed if args.seed is not None else torch.seed())
     samples = generate(ckpt.model, prompt, args.max_new_tokens, args.temperature, args.top_k or None, args.num_samples, gen)

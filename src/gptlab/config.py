@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -138,13 +139,15 @@ def coerce(key: str, value: Any, typ: type) -> Any:
     if typ is int and isinstance(value, float) and value.is_integer():
         return int(value)
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, typ) and not isinstance(value, bool):
-        return value
-    try:
-        return typ(str(value))
-    except ValueError:
-        raise GptlabError(f"{key} expects {typ.__name__}, got {value!r}") from None
+        value = float(value)
+    if not (isinstance(value, typ) and not isinstance(value, bool)):
+        try:
+            value = typ(str(value))
+        except ValueError:
+            raise GptlabError(f"{key} expects {typ.__name__}, got {value!r}") from None
+    if typ is float and not math.isfinite(value):
+        raise GptlabError(f"{key} expects a finite number, got {value!r}")
+    return value
 
 
 def set_field(cfg: RunConfig, key: str, value: Any, section: str | None = None) -> None:

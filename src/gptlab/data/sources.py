@@ -21,6 +21,8 @@ class Document:
 
 def read_text_file(path: Path) -> str:
     data = path.read_bytes()
+    if b"\x00" in data:  # text never holds NUL bytes; executables, images and archives do
+        raise GptlabError(f"{path} looks like a binary file (it holds NUL bytes, first at byte {data.index(0)}); give a text file")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -10,7 +10,19 @@ from __future__ import annotations
 
 import torch
 
+from gptlab.errors import GptlabError
 from gptlab.models import GPT, KVCache
+from gptlab.tokenizers import Tokenizer
+
+
+def encode_prompt(tokenizer: Tokenizer, text: str, block_size: int) -> list[int]:
+    """Prompt text -> ids; an empty prompt starts a new document (the end-of-text token)."""
+    ids = tokenizer.encode(text) if text else [tokenizer.eot_id]
+    if len(ids) > block_size:
+        raise GptlabError(
+            f"the prompt is {len(ids)} tokens, longer than the model's context of {block_size} tokens (block_size); shorten it"
+        )
+    return ids
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None) -> torch.Tensor:

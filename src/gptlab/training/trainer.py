@@ -21,6 +21,7 @@ from gptlab.device import autocast, resolve_device, setup_device
 from gptlab.errors import GptlabError
 from gptlab.models import GPT
 from gptlab.training.checkpoint import CONFIG, save_checkpoint
+from gptlab.training.memory import check_memory
 from gptlab.training.metrics import MetricsLog, plot_loss
 from gptlab.training.optim import build_optimizer
 from gptlab.training.schedule import lr_at
@@ -74,9 +75,10 @@ def train(cfg: RunConfig, data_dir: Path, out_dir: Path, overwrite: bool = False
     data = TokenData(data_dir)
     cfg.model.vocab_size = data.vocab_size
     cfg.validate()
-    data.check_block_size(cfg.model.block_size)
+    data.check_fits(cfg.model.block_size, cfg.train.batch_size)
     device = resolve_device(cfg.train.device)
     setup_device(device)
+    check_memory(cfg, device)
     run_dir = Path(out_dir)
     prepare_run_dir(run_dir, overwrite)
     (run_dir / RUN_CONFIG).write_text(json.dumps({"run": cfg.to_dict(), "data_dir": str(data_dir)}, indent=2) + "\n")
