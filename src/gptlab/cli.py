@@ -1,6 +1,7 @@
 """The `gptlab` command: parses arguments and calls the library; no logic of its own.
 
     gptlab prepare [SOURCE ...] --out DIR          text -> tokens on disk
+    gptlab tokenize TEXT [--tokenizer KIND | --data DIR]   how a text splits into tokens
     gptlab train --data DIR --out RUN [--preset P] [--key value ...]
     gptlab sample RUN_OR_CHECKPOINT [--prompt TEXT] [--max-new-tokens N] ...
 """
@@ -23,27 +24,110 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def add_tokenizer_args(p, default: str | None) -> None:
+    from gptlab.tokenizers import KINDS
+
+    g = p.add_argument_group("tokenizer")
+    g.add_argument("--tokenizer", default=default, choices=KINDS, help=f"tokenizer kind (default: {default})")
+    g.add_argument("--vocab-size", type=int, help="bpe: vocabulary size to train (default 4096)")
+    g.add_argument("--min-freq", type=int, help="word: keep words seen at least this often (default 1); rarer ones become <unk>")
+    g.add_argument("--max-vocab", type=int, help="word: keep at most this many tokens, the most frequent words")
+    g.add_argument("--tokenizer-file", type=Path, help="gpt2: local gpt2.tiktoken, or vocab.json with merges.txt beside it (offline)")
+
+
+def tokenizer_options(args) -> dict:
+    return {"vocab_size": args.vocab_size, "min_freq": args.min_freq, "max_vocab": args.max_vocab, "tokenizer_file": args.tokenizer_file}
+
+
+def add_source_args(p) -> None:
+    g = p.add_argument_group("reading and cleaning (every cleaning rule is off unless given, and reported)")
+    g.add_argument("--encoding-errors", choices=["strict", "replace"], default="strict",
+                   help="invalid UTF-8: stop with the file and byte offset (strict), or replace with U+FFFD")
+    g.add_argument("--strip-gutenberg", action="store_true", help="drop Project Gutenberg headers and license footers")
+    g.add_argument("--normalize", choices=["NFC", "NFKC"], help="Unicode normalisation")
+    g.add_argument("--drop-lines", metavar="REGEX", help="drop lines matching this regular expression")
+    g.add_argument("--lowercase", action="store_true")
+    g.add_argument("--keep-chars", metavar="CLASS", help="keep only these characters, a regex class body such as 'a-z .,!?' (line breaks stay)")
+    g.add_argument("--collapse-whitespace", action="store_true",
+                   help="runs of spaces/tabs -> one space, trim lines, at most one blank line in a row")
+
+
+def cleaning_rules(args):
+    from gptlab.data.cleaning import CleaningRules
+
+    return CleaningRules(strip_gutenberg=args.strip_gutenberg, normalize=args.normalize, drop_lines=args.drop_lines,
+                         lowercase=args.lowercase, keep_chars=args.keep_chars, collapse_whitespace=args.collapse_whitespace)
+
+
 def add_prepare(sub) -> None:
     p = sub.add_parser("prepare", help="turn text into a data directory of tokens", description="Turn text into a data directory of tokens.")
     p.add_argument("sources", nargs="*", help="text files or folders (default: the bundled Shakespeare corpus)")
     p.add_argument("--out", required=True, type=Path, help="data directory to write")
-    p.add_argument("--tokenizer", default="char", help="tokenizer kind (default: char)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of the text held out for validation (default 0.1)")
     p.add_argument("--seed", type=int, default=0, help="seed for picking validation documents")
     p.add_argument("--overwrite", action="store_true", help="replace an existing data directory")
+    p.add_argument("--workers", type=int, help="processes that encode (default: one per core)")
+    p.add_argument("--shard-tokens", type=int, help="tokens per shard file (default 100,000,000)")
+    p.add_argument("--compare-png", type=Path, metavar="PATH",
+                   help="also draw vocabulary size and characters per token of every tokenizer on a sample of the text")
+    add_tokenizer_args(p, "char")
+    add_source_args(p)
     p.set_defaults(func=cmd_prepare)
 
 
 def cmd_prepare(args) -> None:
-    from gptlab.data.prepare import prepare
+    from gptlab.data.prepare import SHARD_TOKENS, prepare
 
-    meta = prepare(args.sources, args.out, args.tokenizer, args.val_fraction, args.seed, args.overwrite)
-    s = meta["sizes"]
-    print(
-        f"wrote {args.out}: {meta['tokenizer']['kind']} tokenizer, vocab {meta['tokenizer']['vocab_size']}, "
-        f"train {s['train_tokens']:,} tokens ({s['train_documents']} documents), "
-        f"val {s['val_tokens']:,} tokens ({s['val_documents']} documents), split by {meta['split']['method']}"
-    )
+    meta = prepare(args.sources, args.out, args.tokenizer, args.val_fraction, args.seed, args.overwrite,
+                   tokenizer_options=tokenizer_options(args), cleaning=cleaning_rules(args), encoding_errors=args.encoding_errors,
+                   workers=args.workers, shard_tokens=args.shard_tokens or SHARD_TOKENS, progress=True,
+                   compare_png=args.compare_png)
+    s, st, tok = meta["sizes"], meta["stats"], meta["tokenizer"]
+    print(f"wrote {args.out}: {tok['kind']} tokenizer, vocab {tok['vocab_size']:,}; {st['tokens']:,} tokens from "
+          f"{st['chars']:,} characters ({st['chars_per_token']:.2f} characters/token), unknown {100 * st['unknown_rate']:.2f}%")
+    print(f"  train {s['train_tokens']:,} tokens ({s['train_documents']} documents, {len(meta['shards']['train'])} shard(s)), "
+          f"val {s['val_tokens']:,} tokens ({s['val_documents']} documents), split by {meta['split']['method']}")
+    for rule, counts in meta["cleaning"]["report"].items():
+        done = ", ".join(f"{v:,} {k.replace('_', ' ')}" for k, v in counts.items() if v) or "nothing"
+        print(f"  {rule.replace('_', ' ')}: {done}")
+    skipped = meta["skipped"]
+    if skipped["binary"] or skipped["empty"]:
+        print(f"  skipped {len(skipped['binary'])} binary and {len(skipped['empty'])} empty file(s) (listed in meta.json)")
+    if meta["encoding_errors"]["replaced"]:
+        print(f"  replaced {meta['encoding_errors']['replaced']:,} invalid UTF-8 sequence(s) with U+FFFD")
+    if "comparison" in meta:
+        rows = meta["comparison"]["rows"]
+        for r in rows:
+            print(f"  {r['kind']:>5}: vocab {r['vocab_size']:>6,}, {r['chars_per_token']:.2f} characters/token, "
+                  f"unknown {100 * r['unknown_rate']:.2f}% (on the first {r['chars']:,} characters)")
+        left_out = "" if any(r["kind"] == "gpt2" for r in rows) else " (gpt2 left out: give --tokenizer-file to include it)"
+        print(f"wrote {meta['comparison']['png']}{left_out}")
+
+
+def add_tokenize(sub) -> None:
+    p = sub.add_parser("tokenize", help="show how a text splits into tokens and ids",
+                       description="Show how a text splits into tokens and ids. With --data: that data directory's tokenizer; "
+                                   "else --tokenizer KIND (char/word/bpe are trained on SOURCES, default the bundled corpus).")
+    p.add_argument("text", help="the text to split")
+    p.add_argument("--data", type=Path, help="a prepared data directory whose tokenizer to use")
+    p.add_argument("--sources", nargs="*", default=[], help="text to train char/word/bpe on (default: the bundled corpus)")
+    add_tokenizer_args(p, "gpt2")
+    p.set_defaults(func=cmd_tokenize)
+
+
+def cmd_tokenize(args) -> None:
+    from gptlab.data.prepare import Corpus, data_tokenizer, survey
+    from gptlab.tokenizers import pieces
+
+    if args.data:
+        tok = data_tokenizer(args.data)
+    else:
+        tok = survey(Corpus(args.sources), args.tokenizer, tokenizer_options(args))["tokenizer"]
+    ids = tok.encode(args.text)
+    per_token = f", {len(args.text) / len(ids):.2f} characters/token" if ids else ""
+    print(f"{tok.kind} tokenizer (vocab {tok.vocab_size:,}): {len(args.text)} characters -> {len(ids)} tokens{per_token}")
+    print(" ".join(repr(p) for p in pieces(tok, ids)))
+    print(" ".join(str(i) for i in ids))
 
 
 def add_train(sub) -> None:
@@ -111,6 +195,7 @@ def build_parser() -> Parser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
     add_prepare(sub)
+    add_tokenize(sub)
     add_train(sub)
     add_sample(sub)
     return parser

@@ -1,7 +1,8 @@
-"""Random training windows read straight from the token files through numpy memmap."""
+"""Random training windows read straight from the token shards through numpy memmap."""
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from pathlib import Path
 
 import numpy as np
@@ -11,21 +12,61 @@ from gptlab.data.prepare import read_meta
 from gptlab.errors import GptlabError
 
 
+class ShardedTokens:
+    """Several shard memmaps read as one token stream: len() and slices, as a single array would be.
+
+    A slice that runs over a shard's end continues into the next shard (the shards are one stream cut
+    into files), so windows are sampled across all of them alike."""
+
+    def __init__(self, shards: list[np.ndarray]):
+        self.shards = shards
+        self.starts = np.cumsum([0] + [len(s) for s in shards]).tolist()
+        self.dtype = shards[0].dtype
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def __getitem__(self, key: slice | int) -> np.ndarray:
+        if isinstance(key, int):
+            return self[key : key + 1 or None][0]
+        start, stop, step = key.indices(len(self))
+        if step != 1:
+            raise IndexError("ShardedTokens supports contiguous slices only")
+        parts = []
+        i = bisect_right(self.starts, start) - 1
+        while start < stop:
+            offset = start - self.starts[i]
+            take = min(stop - start, len(self.shards[i]) - offset)
+            parts.append(self.shards[i][offset : offset + take])
+            start += take
+            i += 1
+        return np.concatenate(parts) if len(parts) != 1 else parts[0]
+
+
+def open_split(data_dir: Path, names: list[str], dtype: np.dtype) -> np.ndarray | ShardedTokens:
+    shards = []
+    for name in names:
+        path = data_dir / name
+        if not path.is_file():
+            raise GptlabError(f"{path} is missing; run `gptlab prepare` again")
+        # numpy cannot memory-map an empty file; an empty shard is an empty array
+        shards.append(np.memmap(path, dtype=dtype, mode="r") if path.stat().st_size else np.zeros(0, dtype))
+    return shards[0] if len(shards) == 1 else ShardedTokens(shards)
+
+
 class TokenData:
-    """The train and val token streams of a prepared data directory, memory-mapped (never loaded whole)."""
+    """The train and val token streams of a prepared data directory, memory-mapped (never loaded whole).
+
+    `splits[name]` is a memmap when the split is one shard, else a ShardedTokens over its shards;
+    both take len() and slices."""
 
     def __init__(self, data_dir: Path):
         self.dir = Path(data_dir)
         self.meta = read_meta(self.dir)
         dtype = np.dtype(self.meta["dtype"])
-        self.splits = {}
-        for split in ("train", "val"):
-            path = self.dir / f"{split}.bin"
-            if not path.is_file():
-                raise GptlabError(f"{path} is missing; run `gptlab prepare` again")
-            if path.stat().st_size == 0:  # numpy cannot map an empty file
-                raise GptlabError(f"the {split} split is empty ({path}); run `gptlab prepare` again with more text")
-            self.splits[split] = np.memmap(path, dtype=dtype, mode="r")
+        if "shards" not in self.meta:
+            raise GptlabError(f"{self.dir} was prepared by an older gptlab (no shard list in meta.json); run `gptlab prepare` again")
+        self.splits = {split: open_split(self.dir, self.meta["shards"][split], dtype) for split in ("train", "val")}
 
     @property
     def vocab_size(self) -> int:
@@ -35,6 +76,8 @@ class TokenData:
         """Each split must hold a training window of block_size + 1 tokens, and enough distinct windows
         for a batch (else every batch would repeat the same few windows)."""
         for split, arr in self.splits.items():
+            if len(arr) == 0:
+                raise GptlabError(f"the {split} split is empty (no tokens in {self.dir}); run `gptlab prepare` again with more text")
             if len(arr) < block_size + 1:
                 raise GptlabError(
                     f"the {split} split has {len(arr)} tokens, fewer than block_size + 1 = {block_size + 1}; "

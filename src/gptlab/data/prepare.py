@@ -1,51 +1,236 @@
 """`gptlab prepare`: text sources -> a data directory a trainer can read.
 
-The directory holds train.bin / val.bin (flat token ids, uint16 when the vocabulary fits,
-else uint32), the tokenizer file, and meta.json describing what was done. It is built in a
-temporary sibling and renamed into place, so a half-written directory never looks complete.
+Two streaming passes over the sources, neither holding a whole file in memory:
+  1. survey: read and clean every document, count its characters, hash it, train the tokenizer;
+  2. encode: split by document (or a single file by position), cut the text into ~1M-character
+     chunks at places where no token can straddle, encode them in worker processes, and append
+     the ids, in order, with the end-of-text token between documents, to shard files.
+
+The directory holds the token shards (`train.bin` / `val.bin`, or `train_000.bin`, ... when a split
+outgrows one shard; flat ids, uint16 when the vocabulary fits, else uint32), the tokenizer file and
+meta.json describing what was done. It is built in a temporary sibling and renamed into place,
+so a half-written directory never looks complete.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
+import os
 import shutil
 import tempfile
+from collections import deque
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
-from gptlab.data.sources import Document, load_documents
-from gptlab.data.split import split_documents
+from gptlab.data.cleaning import CleaningRules, clean_document, gutenberg_bounds, new_report
+from gptlab.data.sources import find_text_files, read_blocks
+from gptlab.data.split import Span, split_documents
 from gptlab.errors import GptlabError
-from gptlab.tokenizers import Tokenizer, train_tokenizer
+from gptlab.tokenizers import Tokenizer, load_tokenizer, tokenizer_class, train_tokenizer
 
 META = "meta.json"
+FORMAT = 2
+CHUNK_CHARS = 1 << 20  # characters per encoding task
+SHARD_TOKENS = 100_000_000  # tokens per shard file (200 MB as uint16)
+POOL_MIN_CHARS = 16 << 20  # below this, starting worker processes costs more than it saves
+IN_FLIGHT_PER_WORKER = 4  # chunks queued per worker: keeps them busy, bounds memory
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
 
 
-def encode_documents(tok: Tokenizer, docs: list[Document]) -> list[int]:
-    """Concatenate documents with the end-of-text token between them."""
-    ids: list[int] = []
-    for i, doc in enumerate(docs):
-        if i:
-            ids.append(tok.eot_id)
-        ids.extend(tok.encode(doc.text))
-    return ids
+class Corpus:
+    """The sources as documents of cleaned text, read afresh (streaming) on every pass."""
+
+    def __init__(self, sources: list[str], cleaning: CleaningRules | None = None, encoding_errors: str = "strict"):
+        self.files, self.skipped = find_text_files(sources)
+        self.rules = cleaning or CleaningRules()
+        self.errors = encoding_errors
+        # Gutenberg's header and footer are found by a quick scan first, so the cleaning pass can stream
+        self.bounds = [
+            gutenberg_bounds(read_blocks(f.path, encoding_errors)) if self.rules.strip_gutenberg else None for f in self.files
+        ]
+
+    def blocks(self, doc: int, report: dict | None = None, stats: dict | None = None) -> Iterator[str]:
+        return clean_document(read_blocks(self.files[doc].path, self.errors, stats), self.rules, report, self.bounds[doc])
 
 
-def content_hash(docs: list[Document]) -> str:
-    h = hashlib.sha256()
-    for d in docs:
-        h.update(d.name.encode())
-        h.update(b"\0")
-        h.update(d.text.encode())
-        h.update(b"\0")
-    return h.hexdigest()
+def progress_bar(progress: bool, **kwargs) -> tqdm:
+    return tqdm(disable=None if progress else True, unit_scale=True, leave=False, **kwargs)  # None: only on a terminal
+
+
+def survey(corpus: Corpus, kind: str, options: dict[str, Any], progress: bool = False) -> dict[str, Any]:
+    """Pass 1: the tokenizer trained on all the (cleaned) text, each document's length, the cleaning report."""
+    report = new_report(corpus.rules)
+    stats: dict[str, int] = {"bytes": 0}
+    lengths = [0] * len(corpus.files)
+    has_text = [False] * len(corpus.files)
+    hasher = hashlib.sha256()
+    bar = progress_bar(progress, total=sum(f.path.stat().st_size for f in corpus.files), unit="B", desc="reading")
+
+    def texts() -> Iterator[str]:
+        for i, f in enumerate(corpus.files):
+            hasher.update(f.name.encode() + b"\0")
+            for block in corpus.blocks(i, report, stats):
+                lengths[i] += len(block)
+                has_text[i] = has_text[i] or not block.isspace()
+                hasher.update(block.encode())
+                bar.update(stats["bytes"] - bar.n)
+                yield block
+            hasher.update(b"\0")
+
+    stream = texts()
+    with bar:
+        tok = train_tokenizer(kind, stream, **options)
+        for _ in stream:  # a tokenizer that learns nothing (gpt2) left the text unread; the lengths still count
+            pass
+    return {
+        "tokenizer": tok,
+        "lengths": [n if t else 0 for n, t in zip(lengths, has_text)],  # whitespace-only documents hold no text
+        "cleaning": report,
+        "replaced": stats.get("replaced", 0),
+        "content_sha256": hasher.hexdigest(),
+    }
+
+
+def cut_span(blocks: Iterable[str], start: int, end: int) -> Iterator[str]:
+    """The characters [start, end) of a stream of blocks."""
+    pos = 0
+    for block in blocks:
+        lo, hi = max(start - pos, 0), min(end - pos, len(block))
+        if lo < hi:
+            yield block[lo:hi] if (lo, hi) != (0, len(block)) else block
+        pos += len(block)
+        if pos >= end:
+            return
+
+
+def safe_cut(text: str, near: int) -> int:
+    """A place at or before `near` (else the first after it) where a line break follows a
+    non-space character; 0 if there is none. Every tokenizer here splits text there anyway
+    (GPT-2's regex never joins a line break to the word before it), so the two halves encode to
+    the same ids as the whole."""
+    i = text.rfind("\n", 0, near + 1)
+    while i > 0 and text[i - 1].isspace():
+        i = text.rfind("\n", 0, i)
+    if i > 0:
+        return i
+    i = text.find("\n", near)
+    while i > 0 and text[i - 1].isspace():
+        i = text.find("\n", i + 1)
+    return max(i, 0)
+
+
+def token_chunks(blocks: Iterable[str], size: int = CHUNK_CHARS) -> Iterator[str]:
+    """Re-cut a document's blocks into chunks of about `size` characters that encode independently."""
+    buf = ""
+    for block in blocks:
+        buf += block
+        while len(buf) >= size and (cut := safe_cut(buf, size)):
+            yield buf[:cut]
+            buf = buf[cut:]
+    if buf:
+        yield buf
+
+
+_worker_tokenizer: Tokenizer | None = None
+
+
+def _load_worker_tokenizer(kind: str, directory: str) -> None:
+    global _worker_tokenizer
+    _worker_tokenizer = load_tokenizer(kind, Path(directory))
+
+
+def _encode_chunk(text: str, dtype: str) -> np.ndarray:
+    return np.asarray(_worker_tokenizer.encode(text), dtype=dtype)
+
+
+def encode_in_order(
+    items: Iterable[str | None], tok: Tokenizer, dtype: np.dtype, pool, workers: int
+) -> Iterator[tuple[int, np.ndarray]]:
+    """(characters, ids) for each text chunk, in order; None stands for the end-of-text token.
+    With a pool, chunks are encoded by its workers, a bounded number in flight."""
+    eot = np.asarray([tok.eot_id], dtype=dtype)
+    if pool is None:
+        for text in items:
+            yield (0, eot) if text is None else (len(text), np.asarray(tok.encode(text), dtype=dtype))
+        return
+    pending: deque = deque()
+    limit = IN_FLIGHT_PER_WORKER * workers
+    for text in items:
+        pending.append((0, eot) if text is None else (len(text), pool.apply_async(_encode_chunk, (text, dtype.name))))
+        if len(pending) >= limit:
+            n, ids = pending.popleft()
+            yield n, ids if isinstance(ids, np.ndarray) else ids.get()
+    while pending:
+        n, ids = pending.popleft()
+        yield n, ids if isinstance(ids, np.ndarray) else ids.get()
+
+
+class ShardWriter:
+    """Appends ids to {split}_000.bin, {split}_001.bin, ... of at most `shard_tokens` each;
+    a split that fits one shard ends up as plain {split}.bin (nanoGPT's layout)."""
+
+    def __init__(self, directory: Path, split: str, dtype: np.dtype, shard_tokens: int):
+        self.directory, self.split, self.dtype, self.shard_tokens = directory, split, dtype, shard_tokens
+        self.names: list[str] = []
+        self.file = None
+        self.in_shard = 0
+        self.tokens = 0
+
+    def write(self, ids: np.ndarray) -> None:
+        while ids.size:
+            if self.file is None or self.in_shard == self.shard_tokens:
+                self.next_shard()
+            take = min(ids.size, self.shard_tokens - self.in_shard)
+            self.file.write(ids[:take].tobytes())
+            self.in_shard += take
+            self.tokens += take
+            ids = ids[take:]
+
+    def next_shard(self) -> None:
+        if self.file:
+            self.file.close()
+        self.names.append(f"{self.split}_{len(self.names):03d}.bin")
+        self.file = open(self.directory / self.names[-1], "wb")
+        self.in_shard = 0
+
+    def close(self) -> list[str]:
+        if self.file is None:
+            self.next_shard()  # an empty split still gets its (empty) file
+        self.file.close()
+        if len(self.names) == 1:
+            (self.directory / self.names[0]).rename(self.directory / f"{self.split}.bin")
+            self.names = [f"{self.split}.bin"]
+        return self.names
+
+
+def write_split(
+    corpus: Corpus, spans: list[Span], writer: ShardWriter, tok: Tokenizer, pool, workers: int, progress: bool, desc: str
+) -> dict[str, int]:
+    """Pass 2 for one split: its documents' tokens, end-of-text between documents, into the shards."""
+
+    def items() -> Iterator[str | None]:
+        for k, span in enumerate(spans):
+            if k:
+                yield None
+            yield from token_chunks(cut_span(corpus.blocks(span.doc), span.start, span.end))
+
+    unknown = 0
+    with progress_bar(progress, total=sum(s.end - s.start for s in spans), unit="char", desc=desc) as bar:
+        for n_chars, ids in encode_in_order(items(), tok, writer.dtype, pool, workers):
+            writer.write(ids)
+            if tok.unk_id is not None:
+                unknown += int(np.count_nonzero(ids == tok.unk_id))
+            bar.update(n_chars)
+    return {"tokens": writer.tokens, "unknown": unknown, "documents": len(spans), "chars": sum(s.end - s.start for s in spans)}
 
 
 def prepare(
@@ -55,38 +240,94 @@ def prepare(
     val_fraction: float = 0.1,
     seed: int = 0,
     overwrite: bool = False,
+    *,
+    tokenizer_options: dict[str, Any] | None = None,
+    cleaning: CleaningRules | None = None,
+    encoding_errors: str = "strict",
+    workers: int | None = None,
+    shard_tokens: int = SHARD_TOKENS,
+    progress: bool = False,
+    compare_png: Path | None = None,
 ) -> dict[str, Any]:
+    """Prepare `sources` (files, folders; none = the bundled corpus) into `out_dir`; returns meta.json's content.
+
+    tokenizer_options: vocab_size (bpe), min_freq / max_vocab (word), tokenizer_file (gpt2).
+    workers: processes that encode (default: one per core; small corpora are encoded in-process).
+    compare_png: also compare every tokenizer on a sample of the text (meta["comparison"]) and draw it
+    there; then options for the other kinds are welcome (e.g. tokenizer_file to include gpt2).
+    """
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise GptlabError(f"{out_dir} already exists and is not empty; choose another --out or pass --overwrite")
+    if shard_tokens < 1:
+        raise GptlabError(f"shard_tokens must be at least 1, got {shard_tokens}")
+    options = {k: v for k, v in (tokenizer_options or {}).items() if v is not None}
+    own_options = {k: v for k, v in options.items() if k in tokenizer_class(tokenizer).options} if compare_png else options
 
-    docs = load_documents(sources)
-    train_docs, val_docs, method = split_documents(docs, val_fraction, seed)
-    tok = train_tokenizer(tokenizer, [d.text for d in docs])
+    corpus = Corpus(sources, cleaning, encoding_errors)
+    found = survey(corpus, tokenizer, own_options, progress)
+    tok: Tokenizer = found["tokenizer"]
+    kept = [i for i, n in enumerate(found["lengths"]) if n]
+    if not kept:
+        raise GptlabError("the sources hold no text (after cleaning); give a non-empty text file or folder")
+    train, val, method = split_documents([found["lengths"][i] for i in kept], val_fraction, seed)
+    train, val = ([Span(kept[s.doc], s.start, s.end) for s in spans] for spans in (train, val))
     dtype = token_dtype(tok.vocab_size)
+    workers = (os.cpu_count() or 1) if workers is None else workers
+    use_pool = workers > 1 and sum(found["lengths"]) >= POOL_MIN_CHARS
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary directory
+    pool = None
     try:
+        tok.save(tmp)  # first: the workers load it from here
+        if use_pool:
+            # spawn, not fork: the parent may hold threads (torch, tokenizers) that fork would copy mid-lock
+            pool = multiprocessing.get_context("spawn").Pool(workers, _load_worker_tokenizer, (tok.kind, str(tmp)))
         sizes: dict[str, int] = {}
-        for split, split_docs in (("train", train_docs), ("val", val_docs)):
-            ids = np.asarray(encode_documents(tok, split_docs), dtype=dtype)
-            ids.tofile(tmp / f"{split}.bin")
-            sizes[f"{split}_tokens"] = int(ids.size)
-            sizes[f"{split}_chars"] = sum(len(d.text) for d in split_docs)
-            sizes[f"{split}_documents"] = len(split_docs)
-        tok.save(tmp)
+        shards: dict[str, list[str]] = {}
+        unknown = 0
+        for split, spans in (("train", train), ("val", val)):
+            writer = ShardWriter(tmp, split, dtype, shard_tokens)
+            try:
+                counts = write_split(corpus, spans, writer, tok, pool, workers, progress, f"encoding {split}")
+            finally:
+                shards[split] = writer.close()
+            unknown += counts["unknown"]
+            sizes.update({f"{split}_{k}": v for k, v in counts.items() if k != "unknown"})
+        tokens = sizes["train_tokens"] + sizes["val_tokens"]
+        chars = sizes["train_chars"] + sizes["val_chars"]
+        content_tokens = tokens - (len(train) - 1) - (len(val) - 1)  # less the end-of-text separators
         meta = {
-            "format": 1,
+            "format": FORMAT,
             "sources": [str(s) for s in sources] or ["shakespeare (bundled)"],
-            "documents": {"train": [d.name for d in train_docs], "val": [d.name for d in val_docs]},
+            "documents": {"train": [corpus.files[s.doc].name for s in train], "val": [corpus.files[s.doc].name for s in val]},
+            "skipped": {"binary": corpus.skipped, "empty": [f.name for i, f in enumerate(corpus.files) if not found["lengths"][i]]},
+            "encoding_errors": {"mode": encoding_errors, "replaced": found["replaced"]},
+            "cleaning": {"rules": corpus.rules.as_dict(), "report": found["cleaning"]},
             "split": {"method": method, "val_fraction": val_fraction, "seed": seed},
-            "tokenizer": {"kind": tok.kind, "file": tok.file_name, "vocab_size": tok.vocab_size, "eot_id": tok.eot_id},
+            "tokenizer": {
+                "kind": tok.kind, "file": tok.file_name, "vocab_size": tok.vocab_size, "eot_id": tok.eot_id,
+                "unk_id": tok.unk_id, "options": {k: str(v) if isinstance(v, Path) else v for k, v in own_options.items()},
+            },
             "dtype": dtype.name,
+            "shards": shards,
             "sizes": sizes,
-            "content_sha256": content_hash(docs),
+            "stats": {
+                "tokens": tokens,
+                "chars": chars,
+                "chars_per_token": round(chars / content_tokens, 4) if content_tokens else None,
+                "unknown_tokens": unknown,
+                "unknown_rate": round(unknown / content_tokens, 6) if content_tokens else 0.0,
+            },
+            "content_sha256": found["content_sha256"],
         }
+        if compare_png:
+            from gptlab.data.compare import compare_tokenizers, plot_comparison
+
+            meta["comparison"] = {"png": str(compare_png), "rows": compare_tokenizers(corpus, options)}
+            plot_comparison(meta["comparison"]["rows"], compare_png)
         (tmp / META).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -94,6 +335,10 @@ def prepare(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
     return meta
 
 
@@ -105,3 +350,8 @@ def read_meta(data_dir: Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     except json.JSONDecodeError:
         raise GptlabError(f"{path} is corrupt; run `gptlab prepare` again") from None
+
+
+def data_tokenizer(data_dir: Path) -> Tokenizer:
+    """The tokenizer a prepared data directory was made with."""
+    return load_tokenizer(read_meta(data_dir)["tokenizer"]["kind"], Path(data_dir))

