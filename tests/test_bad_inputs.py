@@ -303,7 +303,7 @@ def checkpoint_with_another_tokenizer(ws):
 
 def pickle_instead_of_weights(ws):
     ckpt = copy_checkpoint(ws)
-    (ckpt / "model.safetensors").write_bytes(pickle.dumps(EvilPickle(ws.case / "pwned")))
+    (ckpt / "model.safetensors").write_bytes(pickle.dumps(EvilPickle(ws.case / "pwned"), protocol=2))
     reseal(ckpt)
     return ["sample", str(ckpt), "--max-new-tokens", "5"]
 
@@ -328,7 +328,7 @@ CASES = {
     "binary input": (binary_input, "binary"),
     "non-UTF-8 input": (non_utf8_input, "not valid UTF-8"),
     "val fraction out of range": (bad_val_fraction, "val_fraction"),
-    "unknown tokenizer": (unknown_tokenizer, "unknown tokenizer"),
+    "unknown tokenizer": (unknown_tokenizer, "invalid choice: 'morse'"),
     "val split empty (text too short to split)": (text_too_short_to_split, "too short"),
     "prepare over an existing data directory": (prepare_over_existing_data, "--overwrite"),
     "not a data directory": (not_a_data_directory, "gptlab prepare"),
@@ -420,7 +420,7 @@ def test_debug_flag_shows_the_traceback(ws):
 
 def test_trainer_state_that_would_execute_code_is_refused(ws):
     ckpt = copy_checkpoint(ws)
-    (ckpt / "trainer.pt").write_bytes(pickle.dumps(EvilPickle(ws.case / "pwned")))
+    (ckpt / "trainer.pt").write_bytes(pickle.dumps(EvilPickle(ws.case / "pwned"), protocol=2))
     reseal(ckpt)
     with pytest.raises(GptlabError, match="cannot be loaded safely"):
         load_trainer_state(ckpt)
