@@ -9,6 +9,7 @@ leaves the old one as `.NAME.old`, which `complete_directory` falls back to.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -79,8 +80,11 @@ def atomic_directory(final: Path) -> Iterator[Path]:
         os.replace(tmp, final)
         fsync_path(final.parent)
         remove_directory(old)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            kept = f"{final} keeps its previous version" if complete_directory(final) else f"{final} was not written"
+            raise GptlabError(f"no space left on the disk while writing {final}; {kept}; free some space and try again") from None
         raise
 
 

@@ -15,6 +15,7 @@ so a crash at any moment leaves a complete checkpoint, never a half-written one.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 
-from gptlab.atomic import CHECKSUMS, atomic_directory, complete_directory, verify_directory
+from gptlab.atomic import CHECKSUMS, atomic_directory, complete_directory, remove_directory, verify_directory
 from gptlab.config import RunConfig
 from gptlab.errors import GptlabError
 from gptlab.models import GPT
@@ -33,6 +34,7 @@ from gptlab.tokenizers import Tokenizer, load_tokenizer
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 TRAINER_STATE = "trainer.pt"
+HISTORY = "checkpoints"  # RUN/checkpoints/step-NNNNNNNN: the newest keep_last saved checkpoints
 
 
 @dataclass
@@ -61,6 +63,23 @@ def save_checkpoint(
         if trainer_state is not None:
             torch.save(trainer_state, tmp / TRAINER_STATE)
     return ckpt_dir
+
+
+def keep_history(last_dir: Path, step: int, keep_last: int) -> None:
+    """With keep_last > 1, RUN/checkpoints/step-NNNNNNNN holds each saved last/ checkpoint (hard links,
+    so no extra space while they are the same files), the newest keep_last of them kept."""
+    if keep_last <= 1:
+        return
+    history = Path(last_dir).parent / HISTORY
+    with atomic_directory(history / f"step-{step:08d}") as tmp:
+        for f in Path(last_dir).iterdir():
+            if f.name != CHECKSUMS:
+                try:
+                    os.link(f, tmp / f.name)
+                except OSError:  # a filesystem without hard links
+                    shutil.copy2(f, tmp / f.name)
+    for old in sorted(history.glob("step-*"))[:-keep_last]:
+        remove_directory(old)
 
 
 def resolve_checkpoint(path: Path) -> Path:
