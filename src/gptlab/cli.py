@@ -4,6 +4,8 @@
     gptlab tokenize TEXT [--tokenizer KIND | --data DIR]   how a text splits into tokens
     gptlab train --data DIR --out RUN [--preset P] [--key value ...]
     gptlab sample RUN_OR_CHECKPOINT [--prompt TEXT] [--max-new-tokens N] ...
+    gptlab import-gpt2 HF_DIR --out CHECKPOINT     Hugging Face GPT-2 directory -> gptlab checkpoint
+    gptlab export-hf RUN_OR_CHECKPOINT OUT_DIR     gptlab checkpoint -> Hugging Face directory
 """
 
 from __future__ import annotations
@@ -190,6 +192,46 @@ def cmd_sample(args) -> None:
         print(args.prompt + tok.decode(ids))
 
 
+def add_import_gpt2(sub) -> None:
+    p = sub.add_parser(
+        "import-gpt2",
+        help="turn a local Hugging Face GPT-2 directory into a gptlab checkpoint",
+        description="Turn a local Hugging Face GPT-2 directory (config.json + model.safetensors + tokenizer files) "
+        "into a gptlab checkpoint. Nothing is downloaded: fetch the directory with your usual tools.",
+    )
+    p.add_argument("hf_dir", type=Path, help="directory with config.json, model.safetensors and vocab.json + merges.txt or tokenizer.json")
+    p.add_argument("--out", required=True, type=Path, help="checkpoint directory to write")
+    p.add_argument("--tokenizer-file", type=Path, help="GPT-2 tokenizer file to use instead of the directory's (e.g. gpt2.tiktoken)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint in --out")
+    p.set_defaults(func=cmd_import_gpt2)
+
+
+def cmd_import_gpt2(args) -> None:
+    from gptlab.interop.hf import import_gpt2
+
+    out = import_gpt2(args.hf_dir, args.out, args.tokenizer_file, args.overwrite)
+    print(f"wrote {out}: fine-tune with `gptlab train --init-from {out} ...` or try `gptlab sample {out}`")
+
+
+def add_export_hf(sub) -> None:
+    p = sub.add_parser(
+        "export-hf",
+        help="write a checkpoint as a Hugging Face GPT-2 directory",
+        description="Write a checkpoint as a directory that transformers' AutoModelForCausalLM and AutoTokenizer load.",
+    )
+    p.add_argument("checkpoint", type=Path, help="run directory (uses its best checkpoint) or checkpoint directory")
+    p.add_argument("out_dir", type=Path, help="directory to write (config.json, model.safetensors, tokenizer files)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export in OUT_DIR")
+    p.set_defaults(func=cmd_export_hf)
+
+
+def cmd_export_hf(args) -> None:
+    from gptlab.interop.hf import export_hf
+
+    out = export_hf(args.checkpoint, args.out_dir, args.overwrite)
+    print(f"wrote {out}: load it with transformers' AutoModelForCausalLM.from_pretrained({str(out)!r})")
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="gptlab", description="Build, train, inspect and use GPT-style language models from scratch.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
@@ -198,6 +240,8 @@ def build_parser() -> Parser:
     add_tokenize(sub)
     add_train(sub)
     add_sample(sub)
+    add_import_gpt2(sub)
+    add_export_hf(sub)
     return parser
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,5 +137,10 @@ def load_trainer_state(ckpt_dir: Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise GptlabError(f"{path} is missing: this checkpoint cannot be resumed") from None
+    except pickle.UnpicklingError:  # the weights-only unpickler met something besides tensors and plain values
+        raise GptlabError(
+            f"{path} was refused: it holds Python objects other than tensors and numbers, which could run code "
+            "when unpickled (or it is corrupt); use a checkpoint gptlab wrote"
+        ) from None
     except Exception as e:  # torch raises several types for corrupt or unsafe files
         raise GptlabError(f"{path} cannot be loaded safely ({str(e).splitlines()[0][:120]}); it is corrupt or not a gptlab file") from None
