@@ -56,6 +56,15 @@ def remove_directory(path: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
+def write_checksums(directory: Path) -> list[Path]:
+    """Record the SHA-256 of every file under `directory` in its checksums.json; returns the files, checksums.json included."""
+    directory = Path(directory)
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != CHECKSUMS)
+    sums = {p.relative_to(directory).as_posix(): sha256_file(p) for p in files}
+    (directory / CHECKSUMS).write_text(json.dumps({"sha256": sums}, indent=2) + "\n")
+    return files + [directory / CHECKSUMS]
+
+
 @contextmanager
 def atomic_directory(final: Path) -> Iterator[Path]:
     """Yield an empty directory to fill; on success it replaces `final` whole, with checksums; on error it vanishes."""
@@ -65,13 +74,8 @@ def atomic_directory(final: Path) -> Iterator[Path]:
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary directory
         yield tmp
-        sums = {}
-        for path in sorted(tmp.rglob("*")):
-            if path.is_file():
-                sums[path.relative_to(tmp).as_posix()] = sha256_file(path)
-                fsync_path(path)
-        (tmp / CHECKSUMS).write_text(json.dumps({"sha256": sums}, indent=2) + "\n")
-        fsync_path(tmp / CHECKSUMS)
+        for path in write_checksums(tmp):
+            fsync_path(path)
         fsync_path(tmp)
         old = old_path(final)
         if final.exists():  # final is complete, so an old one left by an earlier crash is not needed
