@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"gptlab {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code
     except KeyboardInterrupt:
         print(f"gptlab {args.command}: interrupted", file=sys.stderr)
         return 130
