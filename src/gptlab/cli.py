@@ -144,7 +144,8 @@ def add_train(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     group = p.add_argument_group("config overrides (--key value)")
     for key, (section, typ) in field_types().items():
-        group.add_argument(f"--{key}", dest=f"override_{key}", metavar=typ.__name__.upper(), help=f"{section}.{key}")
+        dashed = [f"--{key.replace('_', '-')}"] if "_" in key else []  # --keep-last as well as --keep_last
+        group.add_argument(f"--{key}", *dashed, dest=f"override_{key}", metavar=typ.__name__.upper(), help=f"{section}.{key}")
     p.set_defaults(func=cmd_train)
 
 

@@ -64,9 +64,11 @@ class TrainConfig:
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto (bf16 autocast on CUDA when supported, else float32) | float32 | bfloat16
+    keep_last: int = 1  # resumable checkpoints kept: last/, and with N > 1 the newest N in checkpoints/
+    nonfinite_loss: str = "stop"  # a NaN or inf loss: stop (before the update) | skip (that step's update)
 
     def validate(self) -> None:
-        for name in ("batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters", "log_interval"):
+        for name in ("batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters", "log_interval", "keep_last"):
             if getattr(self, name) < 1:
                 raise GptlabError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.learning_rate <= 0:
@@ -76,6 +78,7 @@ class TrainConfig:
         if self.warmup_iters < 0:
             raise GptlabError(f"warmup_iters must be >= 0, got {self.warmup_iters}")
         _check_choice("dtype", self.dtype, ("auto", "float32", "bfloat16"))
+        _check_choice("nonfinite_loss", self.nonfinite_loss, ("stop", "skip"))
 
 
 @dataclass
