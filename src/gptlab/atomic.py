@@ -43,6 +43,16 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace a small file whole: written beside it, fsynced, renamed over it."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    fsync_path(tmp)
+    os.replace(tmp, path)
+    fsync_path(path.parent)
+
+
 def old_path(final: Path) -> Path:
     return final.with_name(f".{final.name}.old")
 

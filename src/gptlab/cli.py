@@ -2,7 +2,8 @@
 
     gptlab prepare [SOURCE ...] --out DIR          text -> tokens on disk
     gptlab tokenize TEXT [--tokenizer KIND | --data DIR]   how a text splits into tokens
-    gptlab train --data DIR --out RUN [--preset P] [--key value ...]
+    gptlab train --data DIR --out RUN [--preset P] [--init-from CKPT] [--key value ...]
+    gptlab train --resume RUN [--key value ...]     continue an interrupted run exactly
     gptlab sample RUN_OR_CHECKPOINT [--prompt TEXT] [--max-new-tokens N] ...
     gptlab import-gpt2 HF_DIR --out CHECKPOINT     Hugging Face GPT-2 directory -> gptlab checkpoint
     gptlab export-hf RUN_OR_CHECKPOINT OUT_DIR     gptlab checkpoint -> Hugging Face directory
@@ -136,12 +137,15 @@ def add_train(sub) -> None:
     p = sub.add_parser(
         "train",
         help="train a model on a data directory",
-        description="Train a GPT. Config = preset, then --key value overrides (keys below).",
+        description="Train a GPT. Config = preset, then --key value overrides (keys below). "
+        "On N processes: torchrun --nproc_per_node N -m gptlab train ... (the same arguments).",
     )
-    p.add_argument("--data", required=True, type=Path, help="data directory from `gptlab prepare`")
-    p.add_argument("--out", required=True, type=Path, help="run directory to write (checkpoints, metrics, plots)")
+    p.add_argument("--data", type=Path, help="data directory from `gptlab prepare` (with --resume: only if the data moved)")
+    p.add_argument("--out", type=Path, help="run directory to write (checkpoints, metrics, samples, plots)")
     p.add_argument("--preset", help=f"named recipe: {', '.join(preset_names())}, or a .yaml file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue this run from its last checkpoint (train keys may be overridden)")
+    p.add_argument("--init-from", type=Path, metavar="CHECKPOINT", help="start a new run from these weights (fine-tuning); the model keys come from it")
     group = p.add_argument_group("config overrides (--key value)")
     for key, (section, typ) in field_types().items():
         dashed = [f"--{key.replace('_', '-')}"] if "_" in key else []  # --keep-last as well as --keep_last
@@ -150,11 +154,22 @@ def add_train(sub) -> None:
 
 
 def cmd_train(args) -> None:
-    from gptlab.training.trainer import train
+    from gptlab.training.trainer import resume, train
 
     overrides = {k[len("override_"):]: v for k, v in vars(args).items() if k.startswith("override_") and v is not None}
+    if args.resume:
+        if args.out or args.preset or args.init_from or args.overwrite:
+            raise GptlabError("--resume continues a run as it was configured: drop --out, --preset, --init-from and --overwrite")
+        resume(args.resume, overrides, data_dir=args.data)
+        return
+    if args.data is None or args.out is None:
+        raise GptlabError("train needs --data DIR and --out RUN_DIR (or --resume RUN_DIR)")
+    if args.init_from:
+        model_keys = sorted(k for k in overrides if field_types()[k][0] == "model" and k != "dropout")
+        if model_keys:
+            raise GptlabError(f"--init-from takes the model from the checkpoint; drop --{', --'.join(model_keys)} (only --dropout may change)")
     cfg = build_config(args.preset, overrides)
-    train(cfg, args.data, args.out, overwrite=args.overwrite)
+    train(cfg, args.data, args.out, overwrite=args.overwrite, init_from=args.init_from)
 
 
 def add_sample(sub) -> None:

@@ -47,13 +47,20 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    batch_size: int = 12
+    # One optimizer step sees batch_size * grad_accum sequences of block_size tokens, however many
+    # processes share the work: with N processes (torchrun) each runs grad_accum / N micro-batches.
+    batch_size: int = 12  # sequences per micro-batch
     grad_accum: int = 1  # micro-batches per optimizer step; each draws a new batch
     max_iters: int = 2000
-    learning_rate: float = 1e-3
+    optimizer: str = "adamw"  # adamw | muon (Muon for the blocks' 2-D matrices, AdamW for the rest)
+    learning_rate: float = 1e-3  # AdamW's peak learning rate
     min_lr: float = 1e-4
+    muon_lr: float = 0.02  # Muon's peak learning rate; the schedule scales it like learning_rate
+    muon_momentum: float = 0.95
+    lr_schedule: str = "cosine"  # cosine | wsd (warmup, stable, then linear decay)
     warmup_iters: int = 100
     lr_decay_iters: int = 0  # 0: decay over max_iters
+    decay_fraction: float = 0.2  # wsd: the share of lr_decay_iters spent decaying at the end
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.99
@@ -61,9 +68,15 @@ class TrainConfig:
     eval_interval: int = 250
     eval_iters: int = 200
     log_interval: int = 10
+    checkpoint_interval: int = 0  # also write last/ every this many steps; 0: only at evaluations
+    sample_tokens: int = 200  # text sampled at every evaluation into samples.txt; 0: none
     seed: int = 1337
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    dtype: str = "auto"  # auto (bf16 autocast on CUDA when supported, else float32) | float32 | bfloat16
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps (under torchrun: cuda:LOCAL_RANK)
+    dtype: str = "auto"  # auto (bf16 autocast on CUDA when supported, else float32) | float32 | bfloat16 | float16
+    tf32: bool = True  # CUDA: TensorFloat-32 matmuls for float32 work
+    compile: bool = False  # torch.compile the model (slow start, faster steps on GPUs)
+    peak_flops: float = 0.0  # device peak FLOP/s for MFU; 0: known GPUs' bf16 peak, else no MFU
+    tensorboard: bool = False  # also log metrics to RUN/tensorboard (needs the tensorboard package)
     keep_last: int = 1  # resumable checkpoints kept: last/, and with N > 1 the newest N in checkpoints/
     nonfinite_loss: str = "stop"  # a NaN or inf loss: stop (before the update) | skip (that step's update)
 
@@ -71,13 +84,19 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters", "log_interval", "keep_last"):
             if getattr(self, name) < 1:
                 raise GptlabError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.learning_rate <= 0:
-            raise GptlabError(f"learning_rate must be positive, got {self.learning_rate}")
+        for name in ("learning_rate", "muon_lr"):
+            if getattr(self, name) <= 0:
+                raise GptlabError(f"{name} must be positive, got {getattr(self, name)}")
         if self.min_lr < 0 or self.min_lr > self.learning_rate:
             raise GptlabError(f"min_lr must be in [0, learning_rate], got {self.min_lr}")
-        if self.warmup_iters < 0:
-            raise GptlabError(f"warmup_iters must be >= 0, got {self.warmup_iters}")
-        _check_choice("dtype", self.dtype, ("auto", "float32", "bfloat16"))
+        for name in ("warmup_iters", "lr_decay_iters", "checkpoint_interval", "sample_tokens", "peak_flops"):
+            if getattr(self, name) < 0:
+                raise GptlabError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.decay_fraction <= 1.0:
+            raise GptlabError(f"decay_fraction must be in [0, 1], got {self.decay_fraction}")
+        _check_choice("optimizer", self.optimizer, ("adamw", "muon"))
+        _check_choice("lr_schedule", self.lr_schedule, ("cosine", "wsd"))
+        _check_choice("dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
         _check_choice("nonfinite_loss", self.nonfinite_loss, ("stop", "skip"))
 
 

@@ -28,13 +28,15 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def setup_device(device: torch.device) -> None:
+def setup_device(device: torch.device, tf32: bool = True) -> None:
     if device.type == "cpu":
         # Denormal floats make CPU backward passes 10-20x slower after a few steps (measured here).
         torch.set_flush_denormal(True)
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        if device.index is not None:
+            torch.cuda.set_device(device)  # so that NCCL and new tensors use this process's GPU
+        # "high" lets float32 matmuls use TensorFloat-32 tensor cores (10-bit mantissa inputs).
+        torch.set_float32_matmul_precision("high" if tf32 else "highest")
 
 
 def autocast_dtype(device: torch.device, dtype: str) -> torch.dtype | None:
@@ -43,6 +45,8 @@ def autocast_dtype(device: torch.device, dtype: str) -> torch.dtype | None:
         return None
     if dtype == "bfloat16":
         return torch.bfloat16
+    if dtype == "float16":
+        return torch.float16  # needs a GradScaler: small fp16 gradients underflow to zero
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return None  # CPU: bf16 matmuls ran about 2x slower than fp32 on the 2-core machines here
@@ -53,3 +57,28 @@ def autocast(device: torch.device, dtype: str):
     if amp is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=amp)
+
+
+# Dense bf16/fp16 tensor-core peaks (FLOP/s) from the vendors' data sheets, matched in order
+# against torch.cuda.get_device_name(); MFU is measured against these unless --peak_flops is set.
+KNOWN_PEAK_FLOPS = (
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),  # SXM
+    ("H200", 989e12),
+    ("A100", 312e12),
+    ("L4", 121e12),
+    ("V100", 125e12),
+    ("T4", 65e12),
+)
+
+
+def peak_flops(device: torch.device, configured: float = 0.0) -> float | None:
+    """The FLOP/s that MFU is measured against: the configured value, else a known GPU's, else None."""
+    if configured > 0:
+        return configured
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, flops in KNOWN_PEAK_FLOPS:
+            if key in name:
+                return flops
+    return None

@@ -1,4 +1,4 @@
-"""Metrics as JSON lines, and the loss-curve picture drawn from them."""
+"""Metrics as JSON lines (optionally mirrored to TensorBoard), and the loss-curve picture drawn from them."""
 
 from __future__ import annotations
 
@@ -6,26 +6,74 @@ import json
 from pathlib import Path
 from typing import Any
 
+from gptlab.atomic import write_text_atomic
+from gptlab.errors import GptlabError
+
 METRICS = "metrics.jsonl"
 LOSS_PLOT = "loss.png"
+TENSORBOARD = "tensorboard"
+
+
+def require_tensorboard() -> None:
+    try:
+        import torch.utils.tensorboard  # noqa: F401  (needs the tensorboard package)
+    except ImportError:
+        raise GptlabError("--tensorboard true needs the tensorboard package: pip install 'gptlab[tensorboard]', or leave it off") from None
 
 
 class MetricsLog:
-    """Appends one JSON object per line: {"kind": "train"|"eval", "step": ..., ...}."""
+    """Appends one JSON object per line: {"kind": "train"|"eval", "step": ..., ...}; with
+    tensorboard, each number also goes to RUN/tensorboard as the scalar "kind/name"."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, tensorboard: bool = False, start_step: int = 0):
         self.path = Path(run_dir) / METRICS
+        self.tensorboard = None
+        if tensorboard:
+            require_tensorboard()
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step hides what an interrupted run logged after the checkpoint it resumes from.
+            self.tensorboard = SummaryWriter(str(Path(run_dir) / TENSORBOARD), purge_step=start_step + 1 if start_step else None)
 
     def write(self, kind: str, step: int, **values: Any) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps({"kind": kind, "step": step, **values}) + "\n")
+        if self.tensorboard is not None:
+            for name, value in values.items():
+                self.tensorboard.add_scalar(f"{kind}/{name}", value, step)
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+def truncate_metrics(run_dir: Path, step: int) -> None:
+    """Drop the rows logged after `step`: what an interrupted run did past the checkpoint it resumes from."""
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        return
+    keep = [row for row in parse_rows(path.read_text()) if row["step"] <= step]
+    write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in keep))
+
+
+def parse_rows(text: str) -> list[dict[str, Any]]:
+    """The JSON rows of metrics.jsonl; a last line cut short by a crash mid-write is dropped."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:
+                raise
+    return rows
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     path = Path(path)
     if path.is_dir():
         path = path / METRICS
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return parse_rows(path.read_text())
 
 
 def plot_loss(run_dir: Path, out: Path | None = None) -> Path:

@@ -1,35 +1,53 @@
-"""The training loop: batches in, checkpoints, metrics and a loss curve out.
+"""The training loop: batches in, checkpoints, metrics, text samples and a loss curve out.
 
-The trainer knows the data only as token streams and a vocabulary size; it copies the tokenizer
-file into each checkpoint without reading it, so checkpoints are self-contained.
+    train(cfg, data_dir, out_dir)     a new run; init_from=CHECKPOINT starts from trained weights
+    resume(run_dir)                   continues a run from its last/ checkpoint, exactly
+
+One step is one optimizer update over batch_size * grad_accum sequences. Under torchrun the
+grad_accum micro-batches of a step are shared out among the processes (each runs
+grad_accum / world_size of them; DDP averages the gradients), so a config trains the same way on
+1 or N processes, and only rank 0 writes files.
+
+The trainer knows the data as token streams and a vocabulary size; it copies the tokenizer file
+into each checkpoint without reading it, and loads the tokenizer only to decode its text samples.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import math
-import shutil
 import signal
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from gptlab.config import RunConfig
+from gptlab.atomic import complete_directory, verify_directory, write_text_atomic
+from gptlab.config import RunConfig, field_types, set_field
 from gptlab.data.batches import TokenData
-from gptlab.device import autocast, resolve_device, setup_device
+from gptlab.device import autocast, autocast_dtype, peak_flops, setup_device
 from gptlab.errors import GptlabError
+from gptlab.generation.generate import generate
 from gptlab.models import GPT
-from gptlab.training.checkpoint import CONFIG, keep_history, save_checkpoint
+from gptlab.tokenizers import load_tokenizer
+from gptlab.training.checkpoint import TRAINER_STATE, keep_history, load_checkpoint, load_trainer_state, read_info, save_checkpoint
+from gptlab.training.distributed import SINGLE, Dist, gather_to_all, init_distributed, on_main, shutdown_distributed, sum_over_ranks
 from gptlab.training.interrupt import StopSignals, TrainingInterrupted
 from gptlab.training.memory import check_memory
-from gptlab.training.metrics import MetricsLog, plot_loss
-from gptlab.training.optim import build_optimizer
+from gptlab.training.metrics import MetricsLog, plot_loss, require_tensorboard, truncate_metrics
+from gptlab.training.optim import build_optimizers, set_lr
 from gptlab.training.schedule import lr_at
 
 RUN_CONFIG = "config.json"
+SAMPLES = "samples.txt"
+CPU = torch.device("cpu")
 
 
 @dataclass
@@ -42,22 +60,34 @@ class TrainResult:
     seconds: float
 
 
+def flops_per_token(model: torch.nn.Module) -> int:
+    """Training FLOPs per token at full context: 6 per matmul weight + 12*L*H*Q*T for attention."""
+    cfg = model.config
+    matmul_weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    return 6 * matmul_weights + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
+
+
 @torch.no_grad()
-def estimate_loss(model: GPT, data: TokenData, cfg: RunConfig, device: torch.device, splits=("train", "val")) -> dict[str, float]:
+def estimate_loss(
+    model: GPT, data: TokenData, cfg: RunConfig, device: torch.device, splits=("train", "val"), me: Dist = SINGLE
+) -> dict[str, float]:
     """Mean loss over eval_iters batches per split. The batches are the same at every call
-    (their own seeded generator), so successive estimates differ only because the model did."""
+    (their own seeded generator), so successive estimates differ only because the model did.
+    Under torchrun batch i is evaluated by rank i % world_size and the sums are added up."""
     was_training = model.training
     model.eval()
     out = {}
     for split in splits:
         gen = torch.Generator().manual_seed(cfg.train.seed + 1)
-        losses = []
-        for _ in range(cfg.train.eval_iters):
-            x, y = data.get_batch(split, cfg.train.batch_size, cfg.model.block_size, gen, device)
-            with autocast(device, cfg.train.dtype):
-                _, loss = model(x, y)
-            losses.append(loss.item())
-        out[split] = sum(losses) / len(losses)
+        total = torch.zeros((), dtype=torch.float64, device=device)
+        for i in range(cfg.train.eval_iters):
+            mine = i % me.world_size == me.rank
+            x, y = data.get_batch(split, cfg.train.batch_size, cfg.model.block_size, gen, device if mine else CPU)
+            if mine:
+                with autocast(device, cfg.train.dtype):
+                    _, loss = model(x, y)
+                total += loss.double()
+        out[split] = sum_over_ranks(me, total).item() / cfg.train.eval_iters
     model.train(was_training)
     return out
 
@@ -66,126 +96,346 @@ def prepare_run_dir(out_dir: Path, overwrite: bool) -> None:
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         if not overwrite:
-            raise GptlabError(f"{out_dir} already holds files; choose another --out or pass --overwrite to replace that run")
+            raise GptlabError(f"{out_dir} already holds files; choose another --out, pass --overwrite to replace that run, or --resume it")
         if not (out_dir / RUN_CONFIG).is_file():
             raise GptlabError(f"{out_dir} is not empty and is not a gptlab run; refusing to overwrite it, choose another --out")
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
-def train(cfg: RunConfig, data_dir: Path, out_dir: Path, overwrite: bool = False, progress: bool | None = None) -> TrainResult:
-    """Train a GPT on a prepared data directory; `progress=None` shows the bar only on a terminal."""
+def check_same_tokens(data: TokenData, info: dict[str, Any], ckpt_dir: Path, text: bool) -> None:
+    """The data directory must use the checkpoint's tokenizer (and, with text=True, hold the same text)."""
+    tok, theirs = data.meta["tokenizer"], info["tokenizer"]
+    same_tokenizer = (
+        (tok["kind"], tok["vocab_size"]) == (theirs["kind"], theirs["vocab_size"])
+        and (data.dir / tok["file"]).read_bytes() == (ckpt_dir / theirs["file"]).read_bytes()  # the vocabulary itself
+    )
+    if not same_tokenizer:
+        raise GptlabError(f"{data.dir} was prepared with another tokenizer than {ckpt_dir} ({tok['kind']}, vocab {tok['vocab_size']} "
+                          f"vs {theirs['kind']}, vocab {theirs['vocab_size']}); use data prepared with the checkpoint's tokenizer")
+    if text and data.meta["content_sha256"] != info["data"]["content_sha256"]:
+        raise GptlabError(f"{data.dir} holds other text than the run in {ckpt_dir.parent} was trained on (content hash differs); "
+                          "resume with the original data (--data DIR), or start a new run with --init-from")
+
+
+class Trainer:
+    """A model, its optimizers and everything else a step changes; `state_dict` captures all of it."""
+
+    def __init__(self, cfg: RunConfig, data: TokenData, run_dir: Path, me: Dist, device: torch.device):
+        self.cfg, self.tc, self.data, self.run_dir, self.me, self.device = cfg, cfg.train, data, Path(run_dir), me, device
+        tc = self.tc
+        if tc.grad_accum % me.world_size:
+            raise GptlabError(f"grad_accum ({tc.grad_accum}) must be a multiple of the number of processes ({me.world_size}): "
+                              f"each process runs grad_accum / {me.world_size} micro-batches of the global batch")
+        if tc.tensorboard:
+            require_tensorboard()
+        torch.manual_seed(tc.seed)  # the same initial weights on every process
+        self.model = GPT(cfg.model).to(device)
+        torch.manual_seed(tc.seed + 1 + me.rank)  # dropout: its own stream on each process
+        self.optimizers = build_optimizers(self.model, tc)
+        # fp16 gradients underflow; the scaler multiplies the loss up and the gradients back down.
+        # Disabled (a pass-through) in every other precision, so there is one code path.
+        self.scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype(device, tc.dtype) == torch.float16)
+        self.ddp = None
+        if me.enabled:
+            self.ddp = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.forward = self.ddp or self.model
+        if tc.compile:
+            self.forward = torch.compile(self.forward)
+        self.batch_gen = torch.Generator().manual_seed(tc.seed)  # the data sampler: its state is the position
+        self.step = 0
+        self.saved_step: int | None = None  # of the newest last/ checkpoint
+        self.best_val = math.inf
+        self.losses: dict[str, float] = {}  # the latest evaluation
+        self.tokenizer_file = data.dir / data.meta["tokenizer"]["file"]
+        self.info = {"tokenizer": data.meta["tokenizer"], "data": {"dir": str(data.dir), "content_sha256": data.meta["content_sha256"]}}
+        self.tokens_per_step = tc.batch_size * tc.grad_accum * cfg.model.block_size
+        self.flops_per_token = flops_per_token(self.model)
+        self.peak_flops = peak_flops(device, tc.peak_flops)
+        self.metrics: MetricsLog | None = None  # opened by run(), on rank 0
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything but the weights, for last/trainer.pt. Collective: gathers every rank's RNG."""
+        rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
+        return {
+            "step": self.step,
+            "optimizers": [opt.state_dict() for opt in self.optimizers],
+            "scaler": self.scaler.state_dict(),
+            "best_val_loss": self.best_val,
+            "losses": self.losses,
+            "batch_rng": self.batch_gen.get_state(),
+            "rng_per_rank": gather_to_all(self.me, rng),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if len(state["optimizers"]) != len(self.optimizers):
+            raise GptlabError(f"the checkpoint was trained with another optimizer than --optimizer {self.tc.optimizer}; resume without changing it")
+        for opt, opt_state in zip(self.optimizers, state["optimizers"]):
+            opt.load_state_dict(opt_state)
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.best_val, self.losses = state["step"], state["best_val_loss"], state["losses"]
+        self.batch_gen.set_state(state["batch_rng"])
+        per_rank = state["rng_per_rank"]
+        if len(per_rank) == self.me.world_size:
+            torch.set_rng_state(per_rank[self.me.rank]["torch"])
+            if self.device.type == "cuda" and per_rank[self.me.rank]["cuda"] is not None:
+                torch.cuda.set_rng_state(per_rank[self.me.rank]["cuda"], self.device)
+        else:  # another number of processes: the data order is kept, dropout masks start afresh
+            torch.manual_seed(self.tc.seed + 1 + self.me.rank + self.step)
+            if self.me.is_main:
+                tqdm.write(f"note: the run was saved by {len(per_rank)} process(es), resumed on {self.me.world_size}: "
+                           "same data order, new dropout randomness")
+
+    def save_last(self) -> None:
+        state = self.state_dict()  # on every rank: it gathers
+        if self.me.is_main:
+            save_checkpoint(self.run_dir / "last", self.model, self.cfg, self.checkpoint_info(), files=[self.tokenizer_file], trainer_state=state)
+            keep_history(self.run_dir / "last", self.step, self.tc.keep_last)
+        self.saved_step = self.step
+
+    def checkpoint_info(self) -> dict[str, Any]:
+        return {**self.info, "step": self.step, "train_loss": self.losses.get("train"), "val_loss": self.losses.get("val")}
+
+    # -- one step --------------------------------------------------------------------------------
+
+    def step_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """This process's micro-batches of the next step. Every process draws the offsets of the
+        whole global batch from the same generator and keeps its share, so the batches (and the
+        sampler's state) do not depend on how many processes there are."""
+        tc, share = self.tc, self.tc.grad_accum // self.me.world_size
+        mine = range(self.me.rank * share, (self.me.rank + 1) * share)
+        batches = []
+        for k in range(tc.grad_accum):
+            x, y = self.data.get_batch("train", tc.batch_size, self.cfg.model.block_size, self.batch_gen, self.device if k in mine else CPU)
+            if k in mine:
+                batches.append((x, y))
+        return batches
+
+    def train_step(self) -> tuple[torch.Tensor, float]:
+        """One optimizer update; returns this process's mean micro-batch loss (on the device) and the lr."""
+        lr = lr_at(self.step, self.tc)
+        set_lr(self.optimizers, lr)
+        batches = self.step_batches()
+        loss_sum = torch.zeros((), device=self.device)
+        for i, (x, y) in enumerate(batches):
+            # DDP averages gradients across processes once, after the last micro-batch.
+            no_sync = self.ddp.no_sync() if self.ddp is not None and i < len(batches) - 1 else contextlib.nullcontext()
+            with no_sync:
+                with autocast(self.device, self.tc.dtype):
+                    _, loss = self.forward(x, y)
+                self.scaler.scale(loss / len(batches)).backward()
+            loss_sum += loss.detach()
+        if not self.update_is_finite(loss_sum):
+            for opt in self.optimizers:
+                opt.zero_grad(set_to_none=True)
+            self.step += 1
+            return loss_sum / len(batches), lr
+        if self.tc.grad_clip > 0:
+            for opt in self.optimizers:
+                self.scaler.unscale_(opt)  # clip the true gradients, not the scaled ones
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tc.grad_clip)
+        for opt in self.optimizers:
+            self.scaler.step(opt)  # skipped when fp16 gradients overflowed
+        self.scaler.update()
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        self.step += 1
+        return loss_sum / len(batches), lr
+
+    def update_is_finite(self, loss_sum: torch.Tensor) -> bool:
+        """Whether this step's update may be applied. A NaN or inf loss (on any process) either stops
+        training before the update (nonfinite_loss "stop": the weights and every checkpoint stay good)
+        or skips that update ("skip"). One device sync per step: the price of never applying poison."""
+        value = sum_over_ranks(self.me, loss_sum).item()
+        if math.isfinite(value):
+            return True
+        step = self.step + 1
+        if self.tc.nonfinite_loss == "skip":
+            if self.me.is_main:
+                tqdm.write(f"warning: the loss is {value} at step {step}; skipped that update (--nonfinite_loss skip)")
+                self.metrics.write("skipped", step, reason="non-finite loss")
+            return False
+        last_good = (f"the last good checkpoint is {self.run_dir / 'last'} (step {self.saved_step})" if self.saved_step is not None
+                     else "no checkpoint was saved yet")
+        raise GptlabError(
+            f"the loss became {value} at step {step}; training stopped before applying it and {last_good}; "
+            "lower --learning_rate (or raise --warmup_iters), or pass --nonfinite_loss skip to skip such steps"
+        )
+
+    def stop_signal(self, stop: StopSignals) -> int | None:
+        """The signal that asked training to stop, on any process (all must stop at the same step to save together)."""
+        if not self.me.enabled:
+            return stop.requested
+        anyone = sum_over_ranks(self.me, torch.tensor(float(stop.requested is not None), device=self.device)).item()
+        return (stop.requested or signal.SIGTERM) if anyone else None
+
+    # -- evaluation, samples ---------------------------------------------------------------------
+
+    def evaluate(self) -> None:
+        """Estimate losses, log them, save last/ (and best/ when val improved), write a sample."""
+        self.losses = estimate_loss(self.model, self.data, self.cfg, self.device, me=self.me)
+        improved = self.losses["val"] < self.best_val
+        self.best_val = min(self.best_val, self.losses["val"])
+        self.save_last()
+        if not self.me.is_main:
+            return
+        self.metrics.write("eval", self.step, train_loss=self.losses["train"], val_loss=self.losses["val"])
+        if improved:
+            save_checkpoint(self.run_dir / "best", self.model, self.cfg, self.checkpoint_info(), files=[self.tokenizer_file])
+        plot_loss(self.run_dir)
+        if self.tc.sample_tokens:
+            self.write_sample()
+        tqdm.write(f"step {self.step:>6}: train loss {self.losses['train']:.4f}, val loss {self.losses['val']:.4f}" + (" (best)" if improved else ""))
+
+    def write_sample(self) -> None:
+        """Text from the model so far, appended to samples.txt; the same seed each time, so
+        successive samples differ only because the model did."""
+        tokenizer = load_tokenizer(self.data.meta["tokenizer"]["kind"], self.data.dir)
+        gen = torch.Generator(self.device).manual_seed(self.tc.seed)
+        with autocast(self.device, self.tc.dtype):
+            ids = generate(self.model, [tokenizer.eot_id], self.tc.sample_tokens, temperature=0.8, top_k=200, generator=gen)[0]
+        self.model.train()  # generate() switched it to eval mode
+        with (self.run_dir / SAMPLES).open("a") as f:
+            f.write(f"--- step {self.step}, val loss {self.losses['val']:.4f}\n{tokenizer.decode(ids)}\n\n")
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def run(self, progress: bool | None = None) -> TrainResult:
+        tc, me = self.tc, self.me
+        start_step = self.step
+        if me.is_main:
+            self.metrics = MetricsLog(self.run_dir, tc.tensorboard, start_step)
+            tqdm.write(f"training {self.model.num_params() / 1e6:.2f}M parameters on {self.device}"
+                       + (f" x {me.world_size} processes" if me.enabled else "")
+                       + f" ({self.data.meta['sizes']['train_tokens']:,} train tokens, vocab {self.data.vocab_size}, "
+                       f"{self.tokens_per_step:,} tokens/step)" + (f", resuming at step {start_step}" if start_step else ""))
+        self.model.train()
+        start = time.perf_counter()
+        bar = tqdm(total=tc.max_iters, initial=start_step, unit="step", dynamic_ncols=True,
+                   disable=not me.is_main or (None if progress is None else not progress))
+        try:
+            if not self.losses:  # a new run: where it starts from
+                self.evaluate()
+            log_time, log_step = time.perf_counter(), self.step
+            with StopSignals() as stop:
+                while self.step < tc.max_iters:
+                    loss, lr = self.train_step()
+                    bar.update(1)
+                    if self.step % tc.log_interval == 0 or self.step == tc.max_iters:
+                        # .item() syncs the device, so the timing is honest; every rank joins the sum.
+                        loss_value = sum_over_ranks(me, loss).item() / me.world_size
+                        now = time.perf_counter()
+                        tok_s = (self.step - log_step) * self.tokens_per_step / max(now - log_time, 1e-9)
+                        log_time, log_step = now, self.step
+                        extra = {"mfu": self.flops_per_token * tok_s / (self.peak_flops * me.world_size)} if self.peak_flops else {}
+                        if me.is_main:
+                            self.metrics.write("train", self.step, loss=loss_value, lr=lr, tokens_per_s=tok_s, **extra)
+                        bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tok_s:,.0f}", lr=f"{lr:.2e}",
+                                        **({"mfu": f"{extra['mfu']:.1%}"} if extra else {}))
+                    if self.step % tc.eval_interval == 0 or self.step == tc.max_iters:
+                        self.evaluate()
+                        log_time = time.perf_counter()  # evaluation is not training throughput
+                    elif tc.checkpoint_interval and self.step % tc.checkpoint_interval == 0:
+                        self.save_last()
+                    signum = self.stop_signal(stop)
+                    if signum and self.step < tc.max_iters:
+                        if self.saved_step != self.step:
+                            self.save_last()
+                        raise TrainingInterrupted(
+                            f"stopped by {signal.Signals(signum).name} after step {self.step}: saved {self.run_dir / 'last'}; "
+                            f"continue with `gptlab train --resume {self.run_dir}`", signum)
+        finally:
+            bar.close()
+            if self.metrics is not None:
+                self.metrics.close()
+        seconds = time.perf_counter() - start
+        if me.is_main:
+            tqdm.write(f"done: {tc.max_iters} steps in {seconds:.1f}s, best val loss {self.best_val:.4f}; checkpoints in {self.run_dir}")
+        return TrainResult(self.run_dir, tc.max_iters, self.best_val, self.losses["val"], self.losses["train"], seconds)
+
+
+def train(
+    cfg: RunConfig, data_dir: Path, out_dir: Path, overwrite: bool = False, progress: bool | None = None, init_from: Path | None = None
+) -> TrainResult:
+    """Train a new run on a prepared data directory; `progress=None` shows the bar only on a terminal.
+
+    init_from: a checkpoint (or run directory) whose weights and architecture the run starts from
+    (fine-tuning); cfg.model.dropout still applies, the optimizer starts fresh at step 0.
+    """
     data = TokenData(data_dir)
+    start = None
+    if init_from is not None:
+        start = load_checkpoint(init_from)
+        check_same_tokens(data, start.info, start.dir, text=False)
+        cfg.model = dataclasses.replace(start.config.model, dropout=cfg.model.dropout)
     cfg.model.vocab_size = data.vocab_size
     cfg.validate()
     data.check_fits(cfg.model.block_size, cfg.train.batch_size)
-    device = resolve_device(cfg.train.device)
-    setup_device(device)
-    check_memory(cfg, device)
-    run_dir = Path(out_dir)
-    prepare_run_dir(run_dir, overwrite)
-    (run_dir / RUN_CONFIG).write_text(json.dumps({"run": cfg.to_dict(), "data_dir": str(data_dir)}, indent=2) + "\n")
+    me, device = init_distributed(cfg.train.device)
+    try:
+        setup_device(device, cfg.train.tf32)
+        check_memory(cfg, device)
+        run_dir = Path(out_dir)
 
-    tc = cfg.train
-    torch.manual_seed(tc.seed)
-    model = GPT(cfg.model).to(device)
-    optimizer = build_optimizer(model, tc, device)
-    batch_gen = torch.Generator().manual_seed(tc.seed)
-    metrics = MetricsLog(run_dir)
-    tokenizer_file = data.dir / data.meta["tokenizer"]["file"]
-    info = {"tokenizer": data.meta["tokenizer"], "data": {"dir": str(data_dir), "content_sha256": data.meta["content_sha256"]}}
-    tokens_per_step = tc.batch_size * tc.grad_accum * cfg.model.block_size
-    say = tqdm.write
+        def make_run_dir() -> None:
+            prepare_run_dir(run_dir, overwrite)
+            record = {"run": cfg.to_dict(), "data_dir": str(data_dir), **({"init_from": str(start.dir)} if start else {})}
+            write_text_atomic(run_dir / RUN_CONFIG, json.dumps(record, indent=2) + "\n")
 
-    say(f"training {model.num_params() / 1e6:.2f}M parameters on {device} "
-        f"({data.meta['sizes']['train_tokens']:,} train tokens, vocab {data.vocab_size}, {tokens_per_step:,} tokens/step)")
-    best_val = float("inf")
-    losses: dict[str, float] = {}
-
-    def save_last(step: int) -> None:
-        save_checkpoint(run_dir / "last", model, cfg, {**info, "step": step, **losses}, files=[tokenizer_file], trainer_state={
-            "step": step,
-            "optimizer": optimizer.state_dict(),
-            "best_val_loss": best_val,
-            "torch_rng": torch.get_rng_state(),
-            "batch_rng": batch_gen.get_state(),
-        })
-        keep_history(run_dir / "last", step, tc.keep_last)
-        saved_steps.append(step)
-
-    def evaluate_and_save(step: int) -> None:
-        nonlocal best_val, losses
-        estimate = estimate_loss(model, data, cfg, device)
-        losses = {"train_loss": estimate["train"], "val_loss": estimate["val"]}
-        metrics.write("eval", step, **losses)
-        improved = estimate["val"] < best_val
-        best_val = min(best_val, estimate["val"])
-        save_last(step)
-        if improved:
-            save_checkpoint(run_dir / "best", model, cfg, {**info, "step": step, **losses}, files=[tokenizer_file])
-        plot_loss(run_dir)
-        say(f"step {step:>6}: train loss {estimate['train']:.4f}, val loss {estimate['val']:.4f}" + (" (best)" if improved else ""))
-
-    saved_steps: list[int] = []
-    model.train()
-    start = time.perf_counter()
-    bar = tqdm(total=tc.max_iters, disable=None if progress is None else not progress, unit="step", dynamic_ncols=True)
-    step_time = time.perf_counter()
-    with StopSignals() as stop:
-        for step in range(tc.max_iters):
-            if step % tc.eval_interval == 0:
-                evaluate_and_save(step)
-                step_time = time.perf_counter()  # evaluation is not training throughput
-            lr = lr_at(step, tc)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss_sum = 0.0
-            for _ in range(tc.grad_accum):  # a fresh micro-batch each micro-step
-                x, y = data.get_batch("train", tc.batch_size, cfg.model.block_size, batch_gen, device)
-                with autocast(device, tc.dtype):
-                    _, loss = model(x, y)
-                (loss / tc.grad_accum).backward()
-                loss_sum += loss.detach()
-            if tc.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            if check_finite(loss_sum / tc.grad_accum, step, tc.nonfinite_loss, run_dir, saved_steps):
-                optimizer.step()
-            else:
-                metrics.write("skipped", step + 1, reason="non-finite loss")
-            optimizer.zero_grad(set_to_none=True)
-            bar.update(1)
-            if (step + 1) % tc.log_interval == 0 or step + 1 == tc.max_iters:
-                now = time.perf_counter()
-                loss_value = (loss_sum / tc.grad_accum).item()  # syncs the device, so the timing is honest
-                steps_timed = (step % tc.log_interval) + 1
-                tok_s = steps_timed * tokens_per_step / max(now - step_time, 1e-9)
-                step_time = now
-                metrics.write("train", step + 1, loss=loss_value, lr=lr, tokens_per_s=tok_s)
-                bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tok_s:,.0f}", lr=f"{lr:.2e}")
-            if stop.requested and step + 1 < tc.max_iters:
-                save_last(step + 1)
-                bar.close()
-                raise TrainingInterrupted(
-                    f"stopped by {signal.Signals(stop.requested).name} after step {step + 1}: saved {run_dir / 'last'}; "
-                    f"continue with `gptlab train --resume {run_dir}`", stop.requested)
-        evaluate_and_save(tc.max_iters)
-    bar.close()
-    seconds = time.perf_counter() - start
-    say(f"done: {tc.max_iters} steps in {seconds:.1f}s, best val loss {best_val:.4f}; checkpoints in {run_dir}")
-    return TrainResult(run_dir, tc.max_iters, best_val, losses["val_loss"], losses["train_loss"], seconds)
+        on_main(me, make_run_dir)
+        trainer = Trainer(cfg, data, run_dir, me, device)
+        if start is not None:
+            trainer.model.load_state_dict(start.model.state_dict())
+        return trainer.run(progress)
+    finally:
+        shutdown_distributed()
 
 
-def check_finite(loss: torch.Tensor, step: int, mode: str, run_dir: Path, saved_steps: list[int]) -> bool:
-    """Whether step's update may be applied. A NaN or inf loss either stops training before the
-    update (mode "stop": the weights and every saved checkpoint stay good) or skips it ("skip")."""
-    value = loss.item()  # one device sync per step, the price of never applying a poisoned update
-    if math.isfinite(value):
-        return True
-    if mode == "skip":
-        tqdm.write(f"warning: the loss is {value} at step {step + 1}; skipped that update (--nonfinite_loss skip)")
-        return False
-    last_good = f"the last good checkpoint is {run_dir / 'last'} (step {saved_steps[-1]})" if saved_steps else "no checkpoint was saved yet"
-    raise GptlabError(
-        f"the loss became {value} at step {step + 1}; training stopped before applying it and {last_good}; "
-        "lower --learning_rate (or raise --warmup_iters), or pass --nonfinite_loss skip to skip such steps"
-    )
+def resume(run_dir: Path, overrides: dict[str, Any] | None = None, data_dir: Path | None = None, progress: bool | None = None) -> TrainResult:
+    """Continue a run from its last/ checkpoint: weights, optimizer, scaler, step, sampler position
+    and RNG states all come back, so (on CPU) the losses are the ones an uninterrupted run logs.
+
+    overrides: train settings to change (e.g. a larger max_iters); the model cannot change.
+    data_dir: where the data is now, if it moved (it must hold the same text and tokenizer).
+    """
+    run_dir = Path(run_dir)
+    ckpt_dir = complete_directory(run_dir / "last") or run_dir / "last"  # a crash mid-replacement leaves the previous one aside
+    if not (run_dir / RUN_CONFIG).is_file():
+        raise GptlabError(f"{run_dir} is not a gptlab run (no {RUN_CONFIG}); give the run directory that `gptlab train --out` wrote")
+    if not (ckpt_dir / TRAINER_STATE).is_file():
+        raise GptlabError(f"{run_dir} has no resumable checkpoint ({ckpt_dir / TRAINER_STATE} is missing): "
+                          "it stopped before its first checkpoint; start it again with --overwrite")
+    verify_directory(ckpt_dir)
+    info = read_info(ckpt_dir)
+    cfg = RunConfig.from_dict(info["run"])
+    types = field_types()
+    for key, value in (overrides or {}).items():
+        if types.get(key, ("train",))[0] != "train":
+            raise GptlabError(f"--{key} changes the model, which a resumed run cannot; start a new run with --init-from {ckpt_dir}")
+        set_field(cfg, key, value)
+    cfg.validate()
+    if data_dir is None:
+        data_dir = json.loads((run_dir / RUN_CONFIG).read_text())["data_dir"]
+    data = TokenData(data_dir)
+    check_same_tokens(data, info, ckpt_dir, text=True)
+    state = load_trainer_state(ckpt_dir)
+    if state["step"] >= cfg.train.max_iters:
+        raise GptlabError(f"{run_dir} already finished its {cfg.train.max_iters} steps; to train on, resume with a larger --max_iters")
+    me, device = init_distributed(cfg.train.device)
+    try:
+        setup_device(device, cfg.train.tf32)
+
+        def rewind_run_dir() -> None:
+            truncate_metrics(run_dir, state["step"])
+            record = json.loads((run_dir / RUN_CONFIG).read_text())
+            write_text_atomic(run_dir / RUN_CONFIG, json.dumps({**record, "run": cfg.to_dict(), "data_dir": str(data_dir)}, indent=2) + "\n")
+
+        on_main(me, rewind_run_dir)
+        trainer = Trainer(cfg, data, run_dir, me, device)
+        trainer.model.load_state_dict(load_checkpoint(ckpt_dir).model.state_dict())
+        trainer.load_state_dict(state)
+        return trainer.run(progress)
+    finally:
+        shutdown_distributed()
