@@ -26,7 +26,7 @@ from gptlab.config import build_config
 from gptlab.data.prepare import prepare
 from gptlab.training.trainer import train
 
-TINY = ["--preset", "tiny", "--max_iters", "2", "--eval_interval", "1", "--eval_iters", "1", "--device", "cpu"]
+TINY = ["--preset", "tiny", "--max_iters", "2", "--eval_interval", "1", "--eval_iters", "1", "--sample_tokens", "0", "--device", "cpu"]
 
 
 @dataclass
@@ -44,7 +44,7 @@ def shared(tmp_path_factory):
     words = "the king and queen of denmark speak with a ghost upon the castle walls at night".split()
     corpus.write_text("\n".join(" ".join(words[(i * 3 + j) % len(words)] for j in range(5 + i % 7)) for i in range(300)) + "\n")
     prepare([str(corpus)], root / "data")
-    cfg = build_config("tiny", {"max_iters": 2, "eval_interval": 1, "eval_iters": 1, "device": "cpu"})
+    cfg = build_config("tiny", {"max_iters": 2, "eval_interval": 1, "eval_iters": 1, "sample_tokens": 0, "device": "cpu"})
     train(cfg, root / "data", root / "run", progress=False)
     return root
 
@@ -300,6 +300,51 @@ def pickle_instead_of_weights(ws):
     return ["sample", str(ckpt), "--max-new-tokens", "5"]
 
 
+def copy_run(ws: Workspace) -> Path:
+    shutil.copytree(ws.run, ws.case / "run")
+    return ws.case / "run"
+
+
+def resume_not_a_run(ws):
+    (ws.case / "notes").mkdir()
+    (ws.case / "notes" / "a.txt").write_text("hello")
+    return ["train", "--resume", str(ws.case / "notes")]
+
+
+def resume_run_without_checkpoint(ws):
+    run = copy_run(ws)
+    shutil.rmtree(run / "last")
+    return ["train", "--resume", str(run)]
+
+
+def resume_corrupt_checkpoint(ws):
+    run = copy_run(ws)
+    state = run / "last" / "trainer.pt"
+    state.write_bytes(state.read_bytes()[:-20] + b"\0" * 20)
+    return ["train", "--resume", str(run), "--max_iters", "4"]
+
+
+def resume_code_carrying_trainer_state(ws):
+    run = copy_run(ws)
+    (run / "last" / "trainer.pt").write_bytes(pickle.dumps(EvilPickle(ws.case / "pwned"), protocol=2))
+    write_checksums(run / "last")  # tampered on purpose: get past the checksum to the check under test
+    return ["train", "--resume", str(run), "--max_iters", "4"]
+
+
+def resume_on_other_data(ws):
+    run = copy_run(ws)
+    data = prepared_from(ws, "an entirely different text, with other letters: xyzzy QUUX!\n" * 40)
+    return ["train", "--resume", str(run), "--data", str(data), "--max_iters", "4"]
+
+
+def resume_changing_the_model(ws):
+    return ["train", "--resume", str(copy_run(ws)), "--n_layer", "4"]
+
+
+def resume_finished_run(ws):
+    return ["train", "--resume", str(copy_run(ws))]
+
+
 def prompt_outside_vocabulary(ws):
     return ["sample", str(ws.run), "--prompt", "the king \u2603", "--max-new-tokens", "5"]
 
@@ -340,7 +385,7 @@ CASES = {
     "not one of the choices": (bad_choice, "attention must be one of"),
     "n_embd not divisible by n_head": (n_embd_not_divisible, "divisible by n_head"),
     "configuration too big for memory": (will_not_fit_in_memory, "does not fit"),
-    "output directory holds another run": (train_over_existing_run, "--overwrite"),
+    "output directory holds another run": (train_over_existing_run, "--overwrite to replace that run, or --resume it"),
     "--overwrite on a directory that is not a run": (overwrite_something_not_a_run, "not a gptlab run"),
     "unknown device": (unknown_device, "unknown device"),
     "train --device cuda without CUDA": (cuda_without_cuda, "no usable CUDA"),
@@ -354,6 +399,13 @@ CASES = {
     "checkpoint from another config": (checkpoint_of_another_config, "does not match"),
     "checkpoint with another tokenizer": (checkpoint_with_another_tokenizer, "belongs to another run"),
     "pickle that would execute code": (pickle_instead_of_weights, "truncated or corrupt"),
+    "--resume a directory that is not a run": (resume_not_a_run, "not a gptlab run"),
+    "--resume a run without a checkpoint": (resume_run_without_checkpoint, "no resumable checkpoint"),
+    "--resume a corrupt checkpoint": (resume_corrupt_checkpoint, "truncated or corrupt"),
+    "--resume a trainer state that would execute code": (resume_code_carrying_trainer_state, "was refused"),
+    "--resume on data with another tokenizer": (resume_on_other_data, "another tokenizer"),
+    "--resume changing the model": (resume_changing_the_model, "changes the model"),
+    "--resume a finished run": (resume_finished_run, "already finished"),
     "prompt outside the char vocabulary": (prompt_outside_vocabulary, "not in this model's vocabulary"),
     "prompt longer than the context": (prompt_longer_than_context, "longer than the model's context"),
     "negative token count": (negative_token_count, "--max-new-tokens"),

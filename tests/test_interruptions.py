@@ -27,7 +27,7 @@ def prepared(corpus_file, tmp_path):
 
 
 def tiny(**overrides):
-    base = {"max_iters": 8, "eval_interval": 100, "eval_iters": 1, "log_interval": 1, "device": "cpu"}
+    base = {"max_iters": 8, "eval_interval": 100, "eval_iters": 1, "log_interval": 1, "sample_tokens": 0, "device": "cpu"}
     return build_config("tiny", {**base, **overrides})
 
 
@@ -53,7 +53,7 @@ def test_a_signal_saves_a_checkpoint_and_says_how_to_resume(prepared, tmp_path, 
     at_training_step(monkeypatch, 3, lambda loss: (os.kill(os.getpid(), sig), loss)[1])
     handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     code = main(["train", "--data", str(prepared), "--out", str(run), "--preset", "tiny", "--max_iters", "8",
-                 "--eval_interval", "100", "--eval_iters", "1", "--device", "cpu"])
+                 "--eval_interval", "100", "--eval_iters", "1", "--sample_tokens", "0", "--device", "cpu"])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 128 + sig
     assert f"stopped by {signal.Signals(sig).name} after step 3" in err and f"gptlab train --resume {run}" in err
@@ -82,7 +82,7 @@ def test_nonfinite_loss_skip_skips_only_that_update(prepared, tmp_path, monkeypa
 
 def test_keep_last_keeps_the_newest_checkpoints_beside_last_and_best(prepared, tmp_path):
     run = tmp_path / "run"
-    train(tiny(max_iters=4, eval_interval=1, keep_last=2), prepared, run, progress=False)
+    train(tiny(max_iters=4, checkpoint_interval=1, keep_last=2), prepared, run, progress=False)
     history = sorted((run / "checkpoints").iterdir())
     assert [p.name for p in history] == ["step-00000003", "step-00000004"]
     assert [load_checkpoint(p).info["step"] for p in history] == [3, 4]
@@ -92,6 +92,7 @@ def test_keep_last_keeps_the_newest_checkpoints_beside_last_and_best(prepared, t
 def test_keep_last_on_the_command_line_takes_dashes(prepared, tmp_path):
     run = tmp_path / "run"
     assert main(["train", "--data", str(prepared), "--out", str(run), "--preset", "tiny", "--max-iters", "2",
-                 "--eval-interval", "1", "--eval-iters", "1", "--device", "cpu", "--keep-last", "2"]) == 0
+                 "--eval-interval", "100", "--checkpoint-interval", "1", "--eval-iters", "1", "--sample-tokens", "0",
+                 "--device", "cpu", "--keep-last", "2"]) == 0
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000001", "step-00000002"]
 
