@@ -18,8 +18,9 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import signal
-import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from gptlab.atomic import complete_directory, verify_directory, write_text_atomic
+from gptlab.atomic import complete_directory, remove_directory, verify_directory, write_text_atomic
 from gptlab.config import RunConfig, field_types, set_field
 from gptlab.data.batches import TokenData
 from gptlab.device import autocast, autocast_dtype, peak_flops, setup_device
@@ -92,15 +93,23 @@ def estimate_loss(
     return out
 
 
-def prepare_run_dir(out_dir: Path, overwrite: bool) -> None:
+def prepare_run_dir(out_dir: Path, overwrite: bool, record: dict[str, Any]) -> None:
+    """Create the run directory with its config.json in one rename, so a crash never leaves a run
+    directory without it (which --overwrite would then refuse as "not a gptlab run")."""
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         if not overwrite:
             raise GptlabError(f"{out_dir} already holds files; choose another --out, pass --overwrite to replace that run, or --resume it")
         if not (out_dir / RUN_CONFIG).is_file():
             raise GptlabError(f"{out_dir} is not empty and is not a gptlab run; refusing to overwrite it, choose another --out")
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+        remove_directory(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary directory
+    write_text_atomic(tmp / RUN_CONFIG, json.dumps(record, indent=2) + "\n")
+    if out_dir.exists():
+        out_dir.rmdir()  # empty: the rename takes its place
+    os.replace(tmp, out_dir)
 
 
 def check_same_tokens(data: TokenData, info: dict[str, Any], ckpt_dir: Path, text: bool) -> None:
@@ -380,9 +389,8 @@ def train(
         run_dir = Path(out_dir)
 
         def make_run_dir() -> None:
-            prepare_run_dir(run_dir, overwrite)
             record = {"run": cfg.to_dict(), "data_dir": str(data_dir), **({"init_from": str(start.dir)} if start else {})}
-            write_text_atomic(run_dir / RUN_CONFIG, json.dumps(record, indent=2) + "\n")
+            prepare_run_dir(run_dir, overwrite, record)
 
         on_main(me, make_run_dir)
         trainer = Trainer(cfg, data, run_dir, me, device)
