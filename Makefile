@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # On a GPU machine: make demo TORCH_REQUIREMENTS= (and install the torch build for your CUDA yourself).
 TORCH_REQUIREMENTS ?= requirements/torch-cpu.txt
 
-.PHONY: install demo test clean
+.PHONY: install demo test guide clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ demo: install
 
 test: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+
+# Redraws docs/images/*.png and the numbers in docs/guide.md from a fresh run (~2-3 min on a laptop CPU).
+guide: install
+	$(BIN)/python docs/make_guide.py
 
 clean:
 	rm -rf $(VENV) data runs

@@ -18,17 +18,36 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-@pytest.fixture
-def corpus_file(tmp_path) -> Path:
+def small_corpus() -> str:
     """A small, varied English text (a few KB) that any test can prepare in milliseconds."""
     lines = []
     words = "the king and queen of denmark speak with a ghost upon the castle walls at night".split()
     for i in range(400):
         n = 5 + i % 7
         lines.append(" ".join(words[(i * 3 + j) % len(words)] for j in range(n)).capitalize() + ("." if i % 3 else "!"))
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def corpus_file(tmp_path) -> Path:
     path = tmp_path / "corpus.txt"
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text(small_corpus())
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A tiny GPT trained for 60 steps on the small corpus, shared read-only by the evaluation tests."""
+    from gptlab.config import build_config
+    from gptlab.data.prepare import prepare
+    from gptlab.training.trainer import train
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    (root / "corpus.txt").write_text(small_corpus())
+    prepare([str(root / "corpus.txt")], root / "data")
+    cfg = build_config("tiny", {"max_iters": 60, "eval_interval": 20, "eval_iters": 2, "log_interval": 10, "device": "cpu"})
+    train(cfg, root / "data", root / "run", progress=False)
+    return root / "run"
 
 
 @pytest.fixture

@@ -261,3 +261,18 @@ def test_prepare_reports_and_compares_tokenizers(corpus_file, tmp_path, capsys):
     assert rows["word"]["vocab_size"] == 8 and rows["word"]["unknown_rate"] > 0 and rows["char"]["chars_per_token"] == 1.0
     assert rows["bpe"]["chars_per_token"] > 1.5
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_checkpoint_carries_its_gpt2_tokenizer(shared_data, corpus_file, tmp_path):
+    from gptlab.config import build_config
+    from gptlab.training.checkpoint import load_checkpoint
+    from gptlab.training.trainer import train
+
+    prepare([str(corpus_file)], tmp_path / "data", "gpt2", tokenizer_options={"tokenizer_file": shared_data / "gpt2"})
+    cfg = build_config("tiny", {"max_iters": 2, "eval_interval": 1, "eval_iters": 1, "device": "cpu", "n_embd": 16})
+    train(cfg, tmp_path / "data", tmp_path / "run", progress=False)
+    ckpt = load_checkpoint(tmp_path / "run")
+    assert (tmp_path / "run" / "best" / "gpt2.tiktoken").is_file()  # the checkpoint loads it offline from its own folder
+    assert ckpt.tokenizer.kind == "gpt2" and ckpt.config.model.vocab_size == ckpt.tokenizer.vocab_size == 50257
+    text = "The king and queen speak at night."
+    assert ckpt.tokenizer.encode(text) == data_tokenizer(tmp_path / "data").encode(text)

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from gptlab.config import TrainConfig
+from gptlab.errors import GptlabError
 from gptlab.models import GPT
 from gptlab.training.optim import build_optimizers, hidden_matrices, set_lr
 from gptlab.training.schedule import lr_at
@@ -50,6 +51,12 @@ def test_muon_updates_a_hidden_matrix_by_an_orthogonalised_step(tiny_config):
     s = torch.linalg.svdvals((before - w.detach()) / (0.02 * (64 / 16) ** 0.5))
     assert s.max() < 1.5 and (s > 0.5).float().mean() >= 0.75, s
     assert g[0] / g[len(g) // 2] > 2 * (s[0] / s[len(s) // 2])  # far flatter than the gradient's spectrum
+
+
+def test_muon_on_a_torch_without_it_is_a_clear_error(tiny_config, monkeypatch):
+    monkeypatch.delattr(torch.optim, "Muon", raising=False)
+    with pytest.raises(GptlabError, match="use --optimizer adamw"):
+        build_optimizers(GPT(tiny_config), TrainConfig(optimizer="muon"))
 
 
 def test_adamw_alone_is_fused_and_decays_only_matrices(tiny_config):

@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from gptlab.cli import main
@@ -41,14 +42,16 @@ def curve(run):
     return [(r["kind"], r["step"], r.get("loss"), r.get("lr"), r.get("val_loss")) for r in read_metrics(run)]
 
 
-def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(prepared, tmp_path, monkeypatch):
+@pytest.mark.parametrize("optimizer", ["adamw", pytest.param("muon", marks=pytest.mark.skipif(
+    not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon needs PyTorch >= 2.9"))])
+def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(prepared, tmp_path, monkeypatch, optimizer):
     straight = tmp_path / "straight"
-    train(config(), prepared, straight)
+    train(config(optimizer=optimizer), prepared, straight)
 
     broken = tmp_path / "broken"
     interrupt_at(monkeypatch, 10)  # last/ was written at step 8 (checkpoint_interval); steps 9, 10 are lost
     with pytest.raises(KeyboardInterrupt):
-        train(config(), prepared, broken)
+        train(config(optimizer=optimizer), prepared, broken)
     assert max(r["step"] for r in read_metrics(broken)) == 10
     monkeypatch.undo()
     resume(broken)

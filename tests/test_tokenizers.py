@@ -115,11 +115,12 @@ def test_gpt2_builds_from_each_file_layout_and_saves_one_file(shared_data, tmp_p
     hf_names.mkdir()
     (hf_names / "vocab.json").write_bytes((gpt2_dir / "encoder.json").read_bytes())
     (hf_names / "merges.txt").write_bytes((gpt2_dir / "vocab.bpe").read_bytes())
-    assert GPT2Tokenizer.from_file(hf_names).encode(text) == expected  # a folder of Hugging Face's names
+    from_hf_names = GPT2Tokenizer.from_file(hf_names)  # a folder of Hugging Face's names
+    assert from_hf_names.encode(text) == expected
     assert train_tokenizer("gpt2", [], tokenizer_file=str(gpt2_dir)).encode(text) == expected
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
-    saved = GPT2Tokenizer.from_file(hf_names).save(ckpt)
+    saved = from_hf_names.save(ckpt)
     assert [p.name for p in ckpt.iterdir()] == ["gpt2.tiktoken"]
     assert saved.read_bytes() == (gpt2_dir / "gpt2.tiktoken").read_bytes()  # byte-identical to tiktoken's file
     assert load_tokenizer("gpt2", ckpt).encode(text) == expected

@@ -5,6 +5,9 @@
     gptlab train --data DIR --out RUN [--preset P] [--init-from CKPT] [--key value ...]
     gptlab train --resume RUN [--key value ...]     continue an interrupted run exactly
     gptlab sample RUN_OR_CHECKPOINT [--prompt TEXT] [--max-new-tokens N] ...
+    gptlab eval RUN_OR_CHECKPOINT [--text FILE ...]   loss, perplexity, bits per char/byte
+    gptlab inspect RUN_OR_CHECKPOINT --out DIR [--prompt TEXT] [--compare RUN ...]   pictures
+    gptlab report RUN                                 one Markdown page about a run
     gptlab import-gpt2 HF_DIR --out CHECKPOINT     Hugging Face GPT-2 directory -> gptlab checkpoint
     gptlab export-hf RUN_OR_CHECKPOINT OUT_DIR     gptlab checkpoint -> Hugging Face directory
 """
@@ -208,6 +211,114 @@ def cmd_sample(args) -> None:
         print(args.prompt + tok.decode(ids))
 
 
+def add_eval(sub) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="loss, perplexity, bits per char/byte on the val split or held-out text",
+        description="Evaluate a checkpoint on every token of its run's val split (or of --text files), in "
+        "non-overlapping block_size windows. Prints loss, perplexity, bits per character and bits per byte "
+        "with 95%% intervals (1.96 * std / sqrt(tokens) of the per-token losses).",
+    )
+    p.add_argument("checkpoint", type=Path, help="run directory (uses its best checkpoint) or checkpoint directory")
+    p.add_argument("--text", type=Path, nargs="+", metavar="FILE", help="held-out text files to evaluate instead of the val split")
+    p.add_argument("--split", default="val", choices=("val", "train"), help="split of the run's data directory (default val)")
+    p.add_argument("--data", type=Path, help="data directory (default: the one the run was trained on)")
+    p.add_argument("--max-tokens", type=int, help="evaluate only the first N tokens of the split")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_eval)
+
+
+def load_for_eval(args):
+    from gptlab.device import resolve_device, setup_device
+    from gptlab.training.checkpoint import load_checkpoint
+
+    device = resolve_device(args.device)
+    setup_device(device)
+    return load_checkpoint(args.checkpoint, device)
+
+
+def cmd_eval(args) -> None:
+    from gptlab.data.sources import read_blocks
+    from gptlab.evaluation.eval import evaluate_split, evaluate_text
+
+    if args.max_tokens is not None and args.max_tokens < 2:
+        raise GptlabError("--max-tokens must be at least 2")
+    ckpt = load_for_eval(args)
+    if args.text:
+        for path in args.text:
+            if not path.is_file():
+                raise GptlabError(f"{path}: no such file")
+            print(evaluate_text(ckpt, "".join(read_blocks(path)), str(path)).summary())
+        return
+    print(evaluate_split(ckpt, args.split, args.data, args.max_tokens).summary())
+    if args.split == "val" and "val_loss" in ckpt.info:
+        print(f"  (the trainer's estimate at step {ckpt.info.get('step')}: val loss {ckpt.info['val_loss']:.4f}, "
+              f"from {ckpt.config.train.eval_iters} random batches)")
+
+
+INSPECT_PICTURES = ("attention", "next-token", "embeddings", "loss", "position-loss", "residual")
+
+
+def add_inspect(sub) -> None:
+    p = sub.add_parser(
+        "inspect",
+        help="pictures of a trained model: attention, next token, embeddings, loss curves",
+        description="Draw PNG pictures of a checkpoint into --out: " + ", ".join(INSPECT_PICTURES) + ".",
+    )
+    p.add_argument("checkpoint", type=Path, help="run directory (uses its best checkpoint) or checkpoint directory")
+    p.add_argument("--out", required=True, type=Path, help="folder for the PNG files")
+    p.add_argument("--prompt", default="ROMEO:\nWhat light", help="text for the attention, next-token and residual pictures")
+    p.add_argument("--only", nargs="+", choices=INSPECT_PICTURES, help="draw only these pictures (default: all)")
+    p.add_argument("--compare", type=Path, nargs="+", default=[], metavar="RUN", help="more runs for the loss-curve plot")
+    p.add_argument("--layers", type=int, nargs="+", help="attention: only these layers (default: all)")
+    p.add_argument("--top", type=int, default=20, help="next-token: how many candidates to show")
+    p.add_argument("--temperature", type=float, nargs="+", default=[1.0], help="next-token: one or more temperatures")
+    p.add_argument("--split", default="val", choices=("val", "train"), help="position-loss: split of the run's data (default val)")
+    p.add_argument("--max-tokens", type=int, default=200_000, help="position-loss: first N tokens of the split (default 200000)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_inspect)
+
+
+def cmd_inspect(args) -> None:
+    from gptlab.evaluation import inspect
+    from gptlab.evaluation.eval import evaluate_ids, split_ids
+
+    ckpt = load_for_eval(args)
+    wanted = args.only or INSPECT_PICTURES
+    written = []
+    if "attention" in wanted:
+        written.append(inspect.plot_attention(ckpt, args.prompt, args.out / "attention.png", args.layers))
+    if "next-token" in wanted:
+        written.append(inspect.plot_next_token(ckpt, args.prompt, args.out / "next_token.png", args.top, tuple(args.temperature)))
+    if "embeddings" in wanted:
+        written.append(inspect.plot_embeddings(ckpt, args.out / "embeddings.png"))
+    if "loss" in wanted:
+        runs = [ckpt.dir.parent if (ckpt.dir.parent / "metrics.jsonl").is_file() else ckpt.dir] + args.compare
+        written.append(inspect.plot_loss_curves(runs, args.out / "loss_curves.png"))
+    if "position-loss" in wanted:
+        ids, name, size = split_ids(ckpt, args.split, max_tokens=args.max_tokens)
+        _, losses, positions = evaluate_ids(ckpt, ids, name, size)
+        written.append(inspect.plot_position_loss(losses, positions, ckpt.config.model.block_size, args.out / "position_loss.png", f"loss by position, {args.split} split"))
+    if "residual" in wanted:
+        written.append(inspect.plot_residual_stream(ckpt, args.prompt, args.out / "residual_stream.png"))
+    for path in written:
+        print(f"wrote {path}")
+
+
+def add_report(sub) -> None:
+    p = sub.add_parser("report", help="write a Markdown report of a run", description="Write RUN/report.md: config, data, loss curves, metrics, throughput, samples.")
+    p.add_argument("run", type=Path, help="run directory written by `gptlab train`")
+    p.add_argument("--out", type=Path, help="Markdown file to write (default RUN/report.md)")
+    p.add_argument("--no-eval", action="store_true", help="skip evaluating the whole val split")
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_report(args) -> None:
+    from gptlab.evaluation.report import write_report
+
+    print(f"wrote {write_report(args.run, args.out, evaluate=not args.no_eval)}")
+
+
 def add_import_gpt2(sub) -> None:
     p = sub.add_parser(
         "import-gpt2",
@@ -256,6 +367,9 @@ def build_parser() -> Parser:
     add_tokenize(sub)
     add_train(sub)
     add_sample(sub)
+    add_eval(sub)
+    add_inspect(sub)
+    add_report(sub)
     add_import_gpt2(sub)
     add_export_hf(sub)
     return parser

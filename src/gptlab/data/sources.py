@@ -83,7 +83,7 @@ def read_blocks(path: Path, errors: str = "strict", stats: dict[str, int] | None
     """Decode a UTF-8 file a few MB at a time, yielding blocks that end at a line break (the last may not).
 
     errors="strict": invalid UTF-8 is a GptlabError naming the file and byte offset; "replace": it
-    becomes U+FFFD, counted in stats["replaced"].
+    becomes U+FFFD, counted in stats["replaced"]. stats["bytes"] counts the bytes read (for progress).
     """
     if errors not in ENCODING_ERRORS:
         raise GptlabError(f"--encoding-errors must be one of {', '.join(ENCODING_ERRORS)}, got {errors!r}")
@@ -101,8 +101,10 @@ def read_blocks(path: Path, errors: str = "strict", stats: dict[str, int] | None
                     f"{path} is not valid UTF-8 (byte offset {offset - pending + e.start}); "
                     "convert it to UTF-8, or pass --encoding-errors replace"
                 ) from None
-            if stats is not None and errors == "replace":
-                stats["replaced"] = stats.get("replaced", 0) + text.count(REPLACEMENT) - data.count(REPLACEMENT.encode())
+            if stats is not None:
+                stats["bytes"] = stats.get("bytes", 0) + len(data)
+                if errors == "replace":
+                    stats["replaced"] = stats.get("replaced", 0) + text.count(REPLACEMENT) - data.count(REPLACEMENT.encode())
             offset += len(data)
             carry += text
             cut = carry.rfind("\n") + 1

@@ -1,0 +1,1 @@
+"""Evaluation (loss, perplexity, bits per character/byte), pictures of a model's insides, run reports."""
