@@ -20,11 +20,10 @@ class StopSignals:
         self.requested: int | None = None  # the signal number, once one arrived
         self.previous: dict[int, object] = {}
 
-    def __enter__(self) -> StopSignals:
+    def install(self) -> None:
         if threading.current_thread() is threading.main_thread():  # Python delivers signals to the main thread only
             for sig in SIGNALS:
                 self.previous[sig] = signal.signal(sig, self.handle)
-        return self
 
     def handle(self, signum, frame) -> None:
         self.requested = signum
@@ -34,9 +33,6 @@ class StopSignals:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
         self.previous.clear()
-
-    def __exit__(self, *exc) -> None:
-        self.restore()
 
 
 class TrainingInterrupted(GptlabError):

@@ -324,38 +324,40 @@ class Trainer:
         start = time.perf_counter()
         bar = tqdm(total=tc.max_iters, initial=start_step, unit="step", dynamic_ncols=True,
                    disable=not me.is_main or (None if progress is None else not progress))
+        stop = StopSignals()
         try:
             if not self.losses:  # a new run: where it starts from
                 self.evaluate()
             log_time, log_step = time.perf_counter(), self.step
-            with StopSignals() as stop:
-                while self.step < tc.max_iters:
-                    loss, lr = self.train_step()
-                    bar.update(1)
-                    if self.step % tc.log_interval == 0 or self.step == tc.max_iters:
-                        # .item() syncs the device, so the timing is honest; every rank joins the sum.
-                        loss_value = sum_over_ranks(me, loss).item() / me.world_size
-                        now = time.perf_counter()
-                        tok_s = (self.step - log_step) * self.tokens_per_step / max(now - log_time, 1e-9)
-                        log_time, log_step = now, self.step
-                        extra = {"mfu": self.flops_per_token * tok_s / (self.peak_flops * me.world_size)} if self.peak_flops else {}
-                        if me.is_main:
-                            self.metrics.write("train", self.step, loss=loss_value, lr=lr, tokens_per_s=tok_s, **extra)
-                        bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tok_s:,.0f}", lr=f"{lr:.2e}",
-                                        **({"mfu": f"{extra['mfu']:.1%}"} if extra else {}))
-                    if self.step % tc.eval_interval == 0 or self.step == tc.max_iters:
-                        self.evaluate()
-                        log_time = time.perf_counter()  # evaluation is not training throughput
-                    elif tc.checkpoint_interval and self.step % tc.checkpoint_interval == 0:
+            stop.install()
+            while self.step < tc.max_iters:
+                loss, lr = self.train_step()
+                bar.update(1)
+                if self.step % tc.log_interval == 0 or self.step == tc.max_iters:
+                    # .item() syncs the device, so the timing is honest; every rank joins the sum.
+                    loss_value = sum_over_ranks(me, loss).item() / me.world_size
+                    now = time.perf_counter()
+                    tok_s = (self.step - log_step) * self.tokens_per_step / max(now - log_time, 1e-9)
+                    log_time, log_step = now, self.step
+                    extra = {"mfu": self.flops_per_token * tok_s / (self.peak_flops * me.world_size)} if self.peak_flops else {}
+                    if me.is_main:
+                        self.metrics.write("train", self.step, loss=loss_value, lr=lr, tokens_per_s=tok_s, **extra)
+                    bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tok_s:,.0f}", lr=f"{lr:.2e}",
+                                    **({"mfu": f"{extra['mfu']:.1%}"} if extra else {}))
+                if self.step % tc.eval_interval == 0 or self.step == tc.max_iters:
+                    self.evaluate()
+                    log_time = time.perf_counter()  # evaluation is not training throughput
+                elif tc.checkpoint_interval and self.step % tc.checkpoint_interval == 0:
+                    self.save_last()
+                signum = self.stop_signal(stop)
+                if signum and self.step < tc.max_iters:
+                    if self.saved_step != self.step:
                         self.save_last()
-                    signum = self.stop_signal(stop)
-                    if signum and self.step < tc.max_iters:
-                        if self.saved_step != self.step:
-                            self.save_last()
-                        raise TrainingInterrupted(
-                            f"stopped by {signal.Signals(signum).name} after step {self.step}: saved {self.run_dir / 'last'}; "
-                            f"continue with `gptlab train --resume {self.run_dir}`", signum)
+                    raise TrainingInterrupted(
+                        f"stopped by {signal.Signals(signum).name} after step {self.step}: saved {self.run_dir / 'last'}; "
+                        f"continue with `gptlab train --resume {self.run_dir}`", signum)
         finally:
+            stop.restore()
             bar.close()
             if self.metrics is not None:
                 self.metrics.close()
