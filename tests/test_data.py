@@ -150,7 +150,7 @@ def test_binary_files_are_skipped_with_a_warning(tmp_path, capsys):
     assert f"warning: skipping {folder / 'image.txt'}: binary file" in capsys.readouterr().err
     assert meta["skipped"]["binary"] == [str(folder / "image.txt")]
     assert sorted(meta["documents"]["train"] + meta["documents"]["val"]) == [str(folder / "a.txt"), str(folder / "b.txt")]
-    with pytest.raises(GptlabError, match="hold no text files"):
+    with pytest.raises(GptlabError, match="image.txt is a binary file"):  # named on purpose: an error, not a skip
         prepare([str(folder / "image.txt")], tmp_path / "none")
 
 
