@@ -1,4 +1,5 @@
-"""How close is the training-memory estimate (gptlab.training.memory) to what training really uses?
+"""How close is the training-memory estimate (models.info.training_memory, which `gptlab info` prints
+and `gptlab train` checks against free memory) to what training really uses?
 
 Each configuration runs in a fresh process: it builds the model and AdamW and takes two training
 steps; measured = peak memory minus the memory in use before the model existed (CPU: peak resident
@@ -37,9 +38,9 @@ def measure(overrides: dict, device_name: str) -> dict:
     import torch
 
     from gptlab.config import build_config
-    from gptlab.models import GPT
-    from gptlab.training.memory import estimate_training_memory
-    from gptlab.training.optim import build_optimizer
+    from gptlab.models import build_model
+    from gptlab.models.info import training_memory
+    from gptlab.training.optim import build_optimizers
 
     device = torch.device(device_name)
     cfg = build_config("tiny", {**overrides, "device": device_name})
@@ -53,21 +54,22 @@ def measure(overrides: dict, device_name: str) -> dict:
     else:
         torch.set_flush_denormal(True)
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-    model = GPT(cfg.model).to(device)
-    optimizer = build_optimizer(model, cfg.train, device)
+    model = build_model(cfg.model).to(device)
+    optimizers = build_optimizers(model, cfg.train)
     for _ in range(2):
         _, loss = model(x, y)
         loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        for opt in optimizers:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
     if device.type == "cuda":
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated()
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    est = estimate_training_memory(cfg, device)
-    return {"measured": peak - before, "estimate": est.total_bytes, "state": est.state_bytes,
-            "activations": est.activation_bytes, "params": est.params}
+    est = training_memory(cfg, cfg.train.batch_size)
+    return {"measured": peak - before, "estimate": est["total"], "state": est["total"] - est["activations"],
+            "activations": est["activations"], "params": est["weights"] // 4}
 
 
 def main() -> None:

@@ -242,3 +242,31 @@ def test_export_never_replaces_a_directory_it_did_not_write(char_run, tmp_path, 
     assert main(["export-hf", str(char_run), str(out)]) == 0
     assert main(["export-hf", str(char_run), str(out), "--overwrite"]) == 0
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} == {p.name for p in out.iterdir()}
+
+
+def test_fine_tuning_starts_from_an_imported_gpt2(hf_gpt2_with_tokenizer, corpus_file, shared_data, tmp_path):
+    from gptlab.data.batches import TokenData
+    from gptlab.training.metrics import read_metrics
+    from gptlab.training.trainer import estimate_loss
+
+    imported = tmp_path / "imported"
+    import_gpt2(hf_gpt2_with_tokenizer, imported)
+    data = tmp_path / "data"
+    prepare([str(corpus_file)], data, tokenizer="gpt2",
+            tokenizer_options={"tokenizer_file": str(shared_data / "gpt2" / "gpt2.tiktoken")})
+    cfg = build_config(None, {"max_iters": "4", "eval_interval": "2", "eval_iters": "2", "batch_size": "2",
+                              "learning_rate": "1e-3", "min_lr": "1e-4", "warmup_iters": "0", "device": "cpu"})
+    result = train(cfg, data, tmp_path / "run", init_from=imported)
+    start = load_checkpoint(imported)
+    evals = [r for r in read_metrics(tmp_path / "run") if r["kind"] == "eval"]
+    # the first evaluation sees the imported weights unchanged, then fine-tuning lowers the loss
+    expected = estimate_loss(start.model, TokenData(data), result_config(tmp_path / "run"), torch.device("cpu"))
+    assert abs(evals[0]["val_loss"] - expected["val"]) < 1e-4
+    assert evals[-1]["train_loss"] < evals[0]["train_loss"]
+    assert load_checkpoint(tmp_path / "run").tokenizer.kind == "gpt2" and result.steps == 4
+
+
+def result_config(run_dir):
+    from gptlab.config import RunConfig
+
+    return RunConfig.from_dict(json.loads((run_dir / "config.json").read_text())["run"])

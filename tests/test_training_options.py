@@ -9,7 +9,8 @@ from gptlab.errors import GptlabError
 from gptlab.training.checkpoint import load_checkpoint, load_trainer_state
 from gptlab.training.distributed import SINGLE
 from gptlab.training.metrics import read_metrics
-from gptlab.training.trainer import SAMPLES, Trainer, flops_per_token, train
+from gptlab.models.info import flops_per_token
+from gptlab.training.trainer import SAMPLES, Trainer, train
 
 CPU = torch.device("cpu")
 
@@ -69,15 +70,13 @@ def test_compile_option_compiles_the_training_forward(prepared, tmp_path, monkey
 
 
 def test_flops_per_token_and_mfu(prepared, tmp_path, tiny_config):
-    from gptlab.models import GPT
-
     L, C, T, V = tiny_config.n_layer, tiny_config.n_embd, tiny_config.block_size, tiny_config.vocab_size
     # per block: c_attn 3C^2 + c_proj C^2 + c_fc 4C^2 + mlp c_proj 4C^2; the (tied) head V*C; attention 12*L*C*T
-    assert flops_per_token(GPT(tiny_config)) == 6 * (12 * L * C * C + V * C) + 12 * L * C * T
+    assert flops_per_token(tiny_config) == 6 * (12 * L * C * C + V * C) + 12 * L * C * T
     assert peak_flops(CPU) is None and peak_flops(CPU, 5e12) == 5e12
     train(tiny(peak_flops=1e9), prepared, tmp_path / "run")
     rows = [r for r in read_metrics(tmp_path / "run") if r["kind"] == "train"]
-    fpt = flops_per_token(load_checkpoint(tmp_path / "run").model)
+    fpt = flops_per_token(load_checkpoint(tmp_path / "run").config.model)
     assert rows and all(r["mfu"] == pytest.approx(fpt * r["tokens_per_s"] / 1e9) for r in rows)
     train(tiny(), prepared, tmp_path / "run2")  # no known peak on a CPU: no MFU column
     assert all("mfu" not in r for r in read_metrics(tmp_path / "run2"))

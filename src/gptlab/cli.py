@@ -5,6 +5,7 @@
     gptlab train --data DIR --out RUN [--preset P] [--init-from CKPT] [--key value ...]
     gptlab train --resume RUN [--key value ...]     continue an interrupted run exactly
     gptlab sample RUN_OR_CHECKPOINT [--prompt TEXT] [--max-new-tokens N] ...
+    gptlab info PRESET_OR_CONFIG_OR_CHECKPOINT [--batch_size N] [--vocab_size N]
     gptlab eval RUN_OR_CHECKPOINT [--text FILE ...]   loss, perplexity, bits per char/byte
     gptlab inspect RUN_OR_CHECKPOINT --out DIR [--prompt TEXT] [--compare RUN ...]   pictures
     gptlab report RUN                                 one Markdown page about a run
@@ -211,6 +212,25 @@ def cmd_sample(args) -> None:
         print(args.prompt + tok.decode(ids))
 
 
+def add_info(sub) -> None:
+    p = sub.add_parser(
+        "info",
+        help="parameters, FLOPs per token and training memory of a model",
+        description="Describe a model from its config alone: parameters by component, training FLOPs per token, "
+        "and an estimate of the memory training it takes.",
+    )
+    p.add_argument("source", help=f"preset ({', '.join(preset_names())}), .yaml/.json config, run or checkpoint directory")
+    p.add_argument("--batch_size", type=int, default=None, help="batch size for the memory estimate (default: the config's)")
+    p.add_argument("--vocab_size", type=int, default=None, help="vocabulary size, for configs that take it from the data")
+    p.set_defaults(func=cmd_info)
+
+
+def cmd_info(args) -> None:
+    from gptlab.models.info import describe, format_info, load_config
+
+    print(format_info(describe(load_config(args.source, args.vocab_size), args.batch_size)))
+
+
 def add_eval(sub) -> None:
     p = sub.add_parser(
         "eval",
@@ -367,6 +387,7 @@ def build_parser() -> Parser:
     add_tokenize(sub)
     add_train(sub)
     add_sample(sub)
+    add_info(sub)
     add_eval(sub)
     add_inspect(sub)
     add_report(sub)

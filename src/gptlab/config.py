@@ -22,16 +22,30 @@ from gptlab.errors import GptlabError
 
 @dataclass
 class ModelConfig:
+    arch: str = "gpt"  # gpt | bigram (a next-token table: the baseline every model must beat)
     vocab_size: int = 0  # 0: taken from the data directory at train time
     block_size: int = 256
     n_layer: int = 6
     n_head: int = 6
+    n_kv_head: int = 0  # key/value heads; 0: n_head (plain multi-head), fewer: grouped-query attention
     n_embd: int = 384
     dropout: float = 0.0
-    bias: bool = False
+    bias: bool = False  # biases in the linear layers and LayerNorms (GPT-2 has them)
     attention: str = "sdpa"  # sdpa | manual (the explicit per-head form, kept as the reference)
+    activation: str = "gelu"  # gelu (GPT-2's tanh form) | relu | relu2 (relu squared) | swiglu
+    norm: str = "layernorm"  # layernorm | rmsnorm
+    norm_position: str = "pre"  # pre (GPT-2: x + f(norm(x))) | post (the 2017 transformer: norm(x + f(x)))
+    positions: str = "learned"  # learned (GPT-2's wpe table) | rope (rotary, applied to queries and keys)
+    rope_theta: float = 10000.0  # rotary base: the longest wavelength is about 2*pi*rope_theta positions
+    qk_norm: bool = False  # normalise each head's queries and keys before the dot product
+    tie_embeddings: bool = True  # the LM head reuses the token embedding matrix (GPT-2) or has its own
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
 
     def validate(self) -> None:
+        _check_choice("arch", self.arch, ("gpt", "bigram"))
         for name in ("block_size", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) < 1:
                 raise GptlabError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -40,9 +54,25 @@ class ModelConfig:
                 f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}): "
                 f"pick e.g. n_embd {self.n_head * max(1, round(self.n_embd / self.n_head))}"
             )
+        if self.n_kv_head < 0 or self.n_head % self.kv_heads != 0:
+            raise GptlabError(
+                f"n_kv_head ({self.n_kv_head}) must divide n_head ({self.n_head}) so each key/value head serves "
+                "the same number of query heads; 0 means n_head"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise GptlabError(f"dropout must be in [0, 1), got {self.dropout}")
         _check_choice("attention", self.attention, ("sdpa", "manual"))
+        _check_choice("activation", self.activation, ("gelu", "relu", "relu2", "swiglu"))
+        _check_choice("norm", self.norm, ("layernorm", "rmsnorm"))
+        _check_choice("norm_position", self.norm_position, ("pre", "post"))
+        _check_choice("positions", self.positions, ("learned", "rope"))
+        if self.positions == "rope" and (self.n_embd // self.n_head) % 2:
+            raise GptlabError(
+                f"rope rotates pairs of dimensions, so the head size n_embd / n_head must be even, "
+                f"got {self.n_embd // self.n_head}; change n_embd or n_head"
+            )
+        if self.rope_theta <= 0:
+            raise GptlabError(f"rope_theta must be positive, got {self.rope_theta}")
 
 
 @dataclass

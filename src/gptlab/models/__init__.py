@@ -1,5 +1,18 @@
-"""Models: the GPT (decoder-only transformer) and its KV cache."""
+"""Models: the GPT (decoder-only transformer) with its KV cache, and the bigram baseline."""
 
+from torch import nn
+
+from gptlab.config import ModelConfig
+from gptlab.models.bigram import Bigram
 from gptlab.models.gpt import GPT, KVCache
 
-__all__ = ["GPT", "KVCache"]
+ARCHITECTURES = {"gpt": GPT, "bigram": Bigram}
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """The model `cfg.arch` names, freshly initialised; every one has GPT's forward(idx, targets, cache)."""
+    cfg.validate()
+    return ARCHITECTURES[cfg.arch](cfg)
+
+
+__all__ = ["GPT", "Bigram", "KVCache", "build_model"]

@@ -1,12 +1,17 @@
-"""A GPT written out in full: token + position embeddings, pre-LN transformer blocks, tied LM head.
+"""A GPT written out in full: token embeddings, transformer blocks, a final norm and the LM head.
 
-Names follow GPT-2 (wte, wpe, h, ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj, ln_f)
-so weights map one-to-one onto GPT-2 checkpoints. The model knows nothing about files or tokenizers.
+With the default options this is GPT-2: learned positions (wpe), pre-LN blocks with LayerNorm,
+GELU MLP, multi-head attention and a head tied to the token embeddings. Names follow GPT-2
+(wte, wpe, h, ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj, ln_f, lm_head) so those
+weights map one-to-one onto GPT-2 checkpoints. The other options (ModelConfig) swap one part each:
+rotary positions, RMSNorm, post-LN, qk-norm, ReLU / ReLU^2 / SwiGLU, grouped-query attention, an
+untied head. The model knows nothing about files or tokenizers.
 """
 
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -20,18 +25,20 @@ class KVCache:
 
     Generation prefills it with the prompt once, then feeds one new position per step, so each
     step costs attention over the past instead of a full forward pass over the whole text.
+    With grouped-query attention it holds only the n_kv_head shared heads (that is the point of GQA).
     """
 
     def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, device, dtype):
         head_dim = cfg.n_embd // cfg.n_head
-        shape = (cfg.n_layer, batch_size, cfg.n_head, max_len, head_dim)
+        n_layer = cfg.n_layer if cfg.arch == "gpt" else 0  # a bigram model keeps no keys or values
+        shape = (n_layer, batch_size, cfg.kv_heads, max_len, head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.max_len = max_len
         self.length = 0  # positions already stored
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store this step's k, v (B, H, T, D) for `layer`; return all keys and values so far."""
+        """Store this step's k, v (B, H_kv, T, D) for `layer`; return all keys and values so far."""
         end = self.length + k.size(2)
         if end > self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} positions; {end} requested")
@@ -40,18 +47,44 @@ class KVCache:
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
 
+def make_norm(cfg: ModelConfig, dim: int) -> nn.Module:
+    if cfg.norm == "rmsnorm":
+        return nn.RMSNorm(dim, eps=1e-5)
+    return nn.LayerNorm(dim, bias=cfg.bias)
+
+
+def rope_tables(cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin (block_size, head_dim / 2) of the angle position * theta^(-2i / head_dim)."""
+    head_dim = cfg.n_embd // cfg.n_head
+    inv_freq = cfg.rope_theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    angles = torch.outer(torch.arange(cfg.block_size, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each pair (x_i, x_{i + D/2}) of x (B, H, T, D) by its position's angle (cos, sin: (T, D/2)).
+
+    The dot product of a rotated query and key then depends only on their distance.
+    """
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
+
+
 def manual_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout: nn.Module) -> torch.Tensor:
     """softmax(Q K^T / sqrt(d_head) + mask) V, head by head: the textbook form, the reference for SDPA.
 
-    q: (B, H, T, D); k, v: (B, H, S, D); mask: (T, S) bool, True where a query may attend.
+    q: (B, H, T, D); k, v: (B, H_kv, S, D), each key/value head shared by H / H_kv query heads;
+    mask: (T, S) bool, True where a query may attend.
     """
+    group = q.size(1) // k.size(1)
     heads = []
     for h in range(q.size(1)):
-        scores = q[:, h] @ k[:, h].transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, T, S)
+        kh, vh = k[:, h // group], v[:, h // group]
+        scores = q[:, h] @ kh.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, T, S)
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
         weights = dropout(F.softmax(scores, dim=-1))
-        heads.append(weights @ v[:, h])  # (B, T, D)
+        heads.append(weights @ vh)  # (B, T, D)
     return torch.stack(heads, dim=1)
 
 
@@ -59,17 +92,33 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_head = cfg.n_head
+        self.n_kv_head = cfg.kv_heads
+        self.head_dim = cfg.n_embd // cfg.n_head
         self.dropout = cfg.dropout
         self.attention = cfg.attention
-        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # q, k, v in one matmul
+        # q, k, v in one matmul: n_head query heads, n_kv_head key and value heads
+        self.c_attn = nn.Linear(cfg.n_embd, (cfg.n_head + 2 * self.n_kv_head) * self.head_dim, bias=cfg.bias)
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        if cfg.qk_norm:  # bounds the attention logits, which lets a larger learning rate stay stable
+            self.q_norm = make_norm(cfg, self.head_dim)
+            self.k_norm = make_norm(cfg, self.head_dim)
+        self.qk_norm = cfg.qk_norm
         self.attn_dropout = nn.Dropout(cfg.dropout)
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, rope: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        D = self.head_dim
+        q, k, v = self.c_attn(x).split([self.n_head * D, self.n_kv_head * D, self.n_kv_head * D], dim=2)
+        q = q.view(B, T, self.n_head, D).transpose(1, 2)
+        k = k.view(B, T, self.n_kv_head, D).transpose(1, 2)
+        v = v.view(B, T, self.n_kv_head, D).transpose(1, 2)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:  # rotated at their absolute positions, so cached keys stay valid
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         past = 0
         if cache is not None:
             past = cache.length
@@ -85,36 +134,67 @@ class CausalSelfAttention(nn.Module):
                 attn_mask=None if past == 0 else mask,
                 is_causal=past == 0 and T > 1,
                 dropout_p=self.dropout if self.training else 0.0,
+                enable_gqa=self.n_kv_head != self.n_head,
             )
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
 
+def relu2(x: torch.Tensor) -> torch.Tensor:
+    """ReLU squared (Primer; modded-nanogpt): as cheap as ReLU, trains faster than GELU at small scale."""
+    return F.relu(x).square()
+
+
+def swiglu(x: torch.Tensor) -> torch.Tensor:
+    """SiLU(gate) * up, with gate and up the two halves of one matmul's output (LLaMA)."""
+    gate, up = x.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+ACTIVATIONS = {"gelu": partial(F.gelu, approximate="tanh"), "relu": F.relu, "relu2": relu2, "swiglu": swiglu}
+
+
+def mlp_hidden(cfg: ModelConfig) -> int:
+    """4 x n_embd; SwiGLU's three matrices use two-thirds of that so they hold as many weights as two."""
+    return 2 * 4 * cfg.n_embd // 3 if cfg.activation == "swiglu" else 4 * cfg.n_embd
+
+
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
-        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's GELU
-        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        hidden = mlp_hidden(cfg)
+        # SwiGLU's gate and up projections are one matmul, split in the activation
+        self.c_fc = nn.Linear(cfg.n_embd, 2 * hidden if cfg.activation == "swiglu" else hidden, bias=cfg.bias)
+        self.act = ACTIVATIONS[cfg.activation]
+        self.c_proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
 
 
 class Block(nn.Module):
-    """Pre-LN transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+    """Pre-LN: x + attn(ln(x)), then x + mlp(ln(x)). Post-LN: ln(x + attn(x)), then ln(x + mlp(x))."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.pre_norm = cfg.norm_position == "pre"
+        self.ln_1 = make_norm(cfg, cfg.n_embd)
         self.attn = CausalSelfAttention(cfg)
-        self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.ln_2 = make_norm(cfg, cfg.n_embd)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache, layer)
-        return x + self.mlp(self.ln_2(x))
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, rope=None) -> torch.Tensor:
+        if self.pre_norm:
+            x = x + self.attn(self.ln_1(x), cache, layer, rope)
+            return x + self.mlp(self.ln_2(x))
+        x = self.ln_1(x + self.attn(x, cache, layer, rope))
+        return self.ln_2(x + self.mlp(x))
+
+
+def next_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of logits (B, T, vocab) against targets (B, T); -1 marks positions to skip."""
+    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
 
 
 class GPT(nn.Module):
@@ -124,17 +204,22 @@ class GPT(nn.Module):
             raise ValueError("ModelConfig.vocab_size must be set before building the model")
         cfg.validate()
         self.config = cfg
-        self.transformer = nn.ModuleDict(
-            dict(
-                wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
-                wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
-                drop=nn.Dropout(cfg.dropout),
-                h=nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer)),
-                ln_f=nn.LayerNorm(cfg.n_embd, bias=cfg.bias),
-            )
+        modules = dict(wte=nn.Embedding(cfg.vocab_size, cfg.n_embd))
+        if cfg.positions == "learned":
+            modules["wpe"] = nn.Embedding(cfg.block_size, cfg.n_embd)
+        modules.update(
+            drop=nn.Dropout(cfg.dropout),
+            h=nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer)),
+            ln_f=make_norm(cfg, cfg.n_embd),
         )
+        self.transformer = nn.ModuleDict(modules)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
-        self.lm_head.weight = self.transformer.wte.weight  # tied: one matrix reads and writes tokens
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight  # tied: one matrix reads and writes tokens
+        if cfg.positions == "rope":  # derived from the config, so not saved with the weights
+            cos, sin = rope_tables(cfg)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init_weights)
         # GPT-2's scaled init: each residual branch's output projection shrinks with depth, so the
         # sum of 2 * n_layer branches keeps the residual stream's variance near where it started.
@@ -151,7 +236,9 @@ class GPT(nn.Module):
 
     def num_params(self, non_embedding: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())
-        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+        if non_embedding and "wpe" in self.transformer:
+            n -= self.transformer.wpe.weight.numel()
+        return n
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None
@@ -164,14 +251,17 @@ class GPT(nn.Module):
         start = cache.length if cache is not None else 0
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
-        pos = torch.arange(start, start + T, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        x = self.transformer.wte(idx)
+        rope = None
+        if self.config.positions == "learned":
+            x = x + self.transformer.wpe(torch.arange(start, start + T, device=idx.device))
+        else:
+            rope = (self.rope_cos[start : start + T], self.rope_sin[start : start + T])
+        x = self.transformer.drop(x)
         for layer, block in enumerate(self.transformer.h):
-            x = block(x, cache, layer)
+            x = block(x, cache, layer, rope)
         if cache is not None:
             cache.length += T
         logits = self.lm_head(self.transformer.ln_f(x))
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        loss = None if targets is None else next_token_loss(logits, targets)
         return logits, loss

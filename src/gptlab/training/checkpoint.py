@@ -29,7 +29,7 @@ from safetensors.torch import load_model, save_model
 from gptlab.atomic import CHECKSUMS, atomic_directory, complete_directory, remove_directory, verify_directory
 from gptlab.config import RunConfig
 from gptlab.errors import GptlabError
-from gptlab.models import GPT
+from gptlab.models import GPT, build_model
 from gptlab.tokenizers import Tokenizer, load_tokenizer
 
 WEIGHTS = "model.safetensors"
@@ -107,7 +107,7 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Checkpoin
     verify_directory(ckpt_dir)
     info = read_info(ckpt_dir)
     cfg = RunConfig.from_dict(info.pop("run"))
-    model = GPT(cfg.model)
+    model = build_model(cfg.model)
     weights = ckpt_dir / WEIGHTS
     try:
         with safe_open(str(weights), "pt") as f:  # the header alone: names and shapes

@@ -36,7 +36,8 @@ from gptlab.data.batches import TokenData
 from gptlab.device import autocast, autocast_dtype, peak_flops, setup_device
 from gptlab.errors import GptlabError
 from gptlab.generation.generate import generate
-from gptlab.models import GPT
+from gptlab.models import GPT, build_model
+from gptlab.models.info import flops_per_token
 from gptlab.tokenizers import load_tokenizer
 from gptlab.training.checkpoint import TRAINER_STATE, keep_history, load_checkpoint, load_trainer_state, read_info, save_checkpoint
 from gptlab.training.distributed import SINGLE, Dist, gather_to_all, init_distributed, on_main, shutdown_distributed, sum_over_ranks
@@ -59,13 +60,6 @@ class TrainResult:
     final_val_loss: float
     final_train_loss: float
     seconds: float
-
-
-def flops_per_token(model: torch.nn.Module) -> int:
-    """Training FLOPs per token at full context: 6 per matmul weight + 12*L*H*Q*T for attention."""
-    cfg = model.config
-    matmul_weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
-    return 6 * matmul_weights + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
 
 
 @torch.no_grad()
@@ -139,7 +133,7 @@ class Trainer:
         if tc.tensorboard:
             require_tensorboard()
         torch.manual_seed(tc.seed)  # the same initial weights on every process
-        self.model = GPT(cfg.model).to(device)
+        self.model = build_model(cfg.model).to(device)
         torch.manual_seed(tc.seed + 1 + me.rank)  # dropout: its own stream on each process
         self.optimizers = build_optimizers(self.model, tc)
         # fp16 gradients underflow; the scaler multiplies the loss up and the gradients back down.
@@ -159,7 +153,7 @@ class Trainer:
         self.tokenizer_file = data.dir / data.meta["tokenizer"]["file"]
         self.info = {"tokenizer": data.meta["tokenizer"], "data": {"dir": str(data.dir), "content_sha256": data.meta["content_sha256"]}}
         self.tokens_per_step = tc.batch_size * tc.grad_accum * cfg.model.block_size
-        self.flops_per_token = flops_per_token(self.model)
+        self.flops_per_token = flops_per_token(cfg.model)
         self.peak_flops = peak_flops(device, tc.peak_flops)
         self.metrics: MetricsLog | None = None  # opened by run(), on rank 0
 

@@ -1,0 +1,169 @@
+"""What a model costs before you train it: parameters by component, FLOPs per token, training memory.
+
+All of it is computed from the config alone: the model is built on the `meta` device, which
+has shapes but no storage, so even gpt2-xl is described in milliseconds without allocating it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from gptlab.config import ModelConfig, RunConfig, load_preset
+from gptlab.errors import GptlabError
+from gptlab.models import build_model
+from gptlab.models.gpt import mlp_hidden
+
+BYTES_PER_FLOAT = 4  # float32 weights, gradients and optimizer state: how gptlab trains on CPU
+
+
+def build_on_meta(cfg: ModelConfig) -> torch.nn.Module:
+    with torch.device("meta"):
+        return build_model(cfg)
+
+
+def component(name: str) -> str:
+    """The part of the model a parameter belongs to, from its (GPT-2) name."""
+    for part, label in (
+        ("next_token_logits", "bigram table"),
+        ("wte", "token embedding (wte)"),
+        ("wpe", "position embedding (wpe)"),
+        ("_norm", "norms"),  # attn.q_norm, attn.k_norm
+        (".attn.", "attention"),
+        (".mlp.", "mlp"),
+        ("ln_", "norms"),
+        ("lm_head", "lm head (untied)"),
+    ):
+        if part in name:
+            return label
+    raise ValueError(f"no component for parameter {name}")
+
+
+def param_counts(cfg: ModelConfig) -> dict[str, int]:
+    """Parameters per component; a tied head is counted once, under the token embedding."""
+    counts: dict[str, int] = {}
+    for name, p in build_on_meta(cfg).named_parameters():  # yields a shared (tied) tensor once
+        counts[component(name)] = counts.get(component(name), 0) + p.numel()
+    return counts
+
+
+def flops_per_token(cfg: ModelConfig) -> int:
+    """Training FLOPs (forward + backward) per token at full context T = block_size.
+
+    6 per weight that takes part in a matrix multiply (2 forward, 4 backward) plus 12*L*H*Q*T for
+    the attention scores Q K^T and the weighted sum of values (PaLM appendix B; nanoGPT's
+    estimate_mfu). Embedding lookups, norms, activations and softmax are left out: they are a
+    few percent at most. Divide achieved FLOP/s by the hardware peak for MFU.
+    """
+    model = build_on_meta(cfg)
+    matmul_weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    if cfg.arch != "gpt":
+        return 6 * matmul_weights  # a bigram model only looks rows up: no matmuls at all
+    head_dim = cfg.n_embd // cfg.n_head
+    return 6 * matmul_weights + 12 * cfg.n_layer * cfg.n_head * head_dim * cfg.block_size
+
+
+def activation_floats_per_token(cfg: ModelConfig) -> int:
+    """Floats autograd keeps per token for the backward pass, counted tensor by tensor (rough:
+    it ignores small per-row statistics and dropout masks)."""
+    logits = cfg.vocab_size  # the log-softmax of the logits, kept for the loss's backward
+    if cfg.arch != "gpt":
+        return logits
+    h, kv = cfg.n_embd, cfg.kv_heads * (cfg.n_embd // cfg.n_head)
+    hidden = mlp_hidden(cfg)
+    per_layer = (
+        4 * h  # the inputs and outputs of both norms (inputs of c_attn and c_fc)
+        + h + 2 * kv  # q, k, v
+        + h  # attention output (input of attn.c_proj)
+        + (3 if cfg.activation == "swiglu" else 2) * hidden  # input and output of the activation
+    )
+    if cfg.attention == "manual":  # the explicit form keeps each head's T x T weights; SDPA recomputes them
+        per_layer += cfg.n_head * cfg.block_size
+    return cfg.n_layer * per_layer + 2 * h + logits  # + the embedded input and the final norm's output
+
+
+def training_memory(cfg: RunConfig, batch_size: int) -> dict[str, int]:
+    """Bytes to train in float32 with AdamW at `batch_size` (an estimate: allocator overhead,
+    temporary buffers and the framework itself come on top)."""
+    n = sum(param_counts(cfg.model).values())
+    tokens = batch_size * cfg.model.block_size
+    memory = {
+        "weights": BYTES_PER_FLOAT * n,
+        "gradients": BYTES_PER_FLOAT * n,
+        "optimizer (AdamW: 2 per weight)": 2 * BYTES_PER_FLOAT * n,
+        "activations": BYTES_PER_FLOAT * tokens * activation_floats_per_token(cfg.model),
+    }
+    memory["total"] = sum(memory.values())
+    return memory
+
+
+@dataclass
+class ModelInfo:
+    config: RunConfig
+    params: dict[str, int]
+    flops_per_token: int
+    batch_size: int
+    memory: dict[str, int]
+
+    @property
+    def total_params(self) -> int:
+        return sum(self.params.values())
+
+
+def describe(cfg: RunConfig, batch_size: int | None = None) -> ModelInfo:
+    if cfg.model.vocab_size < 1:
+        raise GptlabError("this config leaves vocab_size to the data; pass --vocab_size N (e.g. 65 for char Shakespeare, 50257 for GPT-2)")
+    batch_size = batch_size or cfg.train.batch_size
+    if batch_size < 1:
+        raise GptlabError(f"batch size must be at least 1, got {batch_size}")
+    cfg.validate()
+    return ModelInfo(cfg, param_counts(cfg.model), flops_per_token(cfg.model), batch_size, training_memory(cfg, batch_size))
+
+
+def load_config(source: str | Path, vocab_size: int | None = None) -> RunConfig:
+    """The RunConfig of a checkpoint or run directory, a config .json, a preset .yaml or a preset name."""
+    from gptlab.training.checkpoint import read_info, resolve_checkpoint
+
+    path = Path(source)
+    if path.is_dir():
+        cfg = RunConfig.from_dict(read_info(resolve_checkpoint(path))["run"])
+    elif path.suffix == ".json" and path.is_file():
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise GptlabError(f"{path} is not valid JSON; give a gptlab config.json, a preset or a checkpoint") from None
+        cfg = RunConfig.from_dict(data.get("run", data))  # a run's / checkpoint's config.json, or a bare RunConfig
+    else:
+        cfg = load_preset(str(source))
+    if vocab_size is not None:
+        cfg.model.vocab_size = vocab_size
+    return cfg
+
+
+def human(n: float, unit: str = "") -> str:
+    for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f} {prefix}{unit}"
+    return f"{n:.0f} {unit}".rstrip()
+
+
+def format_info(info: ModelInfo) -> str:
+    m = info.config.model
+    shape = "bigram table" if m.arch == "bigram" else (
+        f"{m.n_layer} layers, {m.n_head} heads ({m.kv_heads} key/value), {m.n_embd} wide; {m.positions} positions, "
+        f"{m.norm_position}-{m.norm}, {m.activation}, qk_norm {m.qk_norm}, bias {m.bias}, "
+        f"{'tied' if m.tie_embeddings else 'untied'} head, {m.attention} attention"
+    )
+    width = max(len(k) for k in [*info.params, *info.memory])
+    lines = [f"model: {shape}; vocab {m.vocab_size}, block {m.block_size}", "", "parameters"]
+    lines += [f"  {k:<{width}}  {v:>15,}  {100 * v / max(info.total_params, 1):5.1f}%" for k, v in info.params.items()]
+    lines += [f"  {'total':<{width}}  {info.total_params:>15,}  ({human(info.total_params)})", ""]
+    lines.append(f"training FLOPs per token: {human(info.flops_per_token, 'FLOP')} (6N + 12*L*H*Q*T at T = {m.block_size})")
+    tokens = info.batch_size * m.block_size
+    lines.append(f"  per step of {info.batch_size} x {m.block_size} = {tokens:,} tokens: {human(info.flops_per_token * tokens, 'FLOP')}")
+    lines += ["", f"training memory at batch size {info.batch_size}, float32 + AdamW (an estimate; allocator and framework overhead come on top)"]
+    lines += [f"  {k:<{width}}  {human(v, 'B'):>12}" for k, v in info.memory.items()]
+    return "\n".join(lines)
