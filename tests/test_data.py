@@ -92,7 +92,7 @@ def test_batches_are_next_token_windows_from_memmap(corpus_file, tmp_path):
     assert x.shape == y.shape == (4, 8) and x.dtype == torch.long
     assert torch.equal(x[:, 1:], y[:, :-1])
     with pytest.raises(GptlabError, match="fewer than block_size"):
-        data.check_block_size(10**6)
+        data.check_fits(10**6, 1)
 
 
 def test_shards_are_read_through_memmap_as_one_stream(corpus_file, tmp_path):
@@ -150,7 +150,7 @@ def test_binary_files_are_skipped_with_a_warning(tmp_path, capsys):
     assert f"warning: skipping {folder / 'image.txt'}: binary file" in capsys.readouterr().err
     assert meta["skipped"]["binary"] == [str(folder / "image.txt")]
     assert sorted(meta["documents"]["train"] + meta["documents"]["val"]) == [str(folder / "a.txt"), str(folder / "b.txt")]
-    with pytest.raises(GptlabError, match="hold no text files"):
+    with pytest.raises(GptlabError, match="image.txt is a binary file"):  # named on purpose: an error, not a skip
         prepare([str(folder / "image.txt")], tmp_path / "none")
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from gptlab.atomic import write_checksums
 from gptlab.cli import main
 from gptlab.config import RunConfig
 from gptlab.errors import GptlabError
@@ -63,6 +64,7 @@ def test_malicious_trainer_state_is_refused_and_does_not_run(checkpoint, malicio
 
 def test_pickle_in_place_of_the_weights_is_refused_and_does_not_run(checkpoint, malicious_pickle, marker, capsys):
     shutil.copy(malicious_pickle, checkpoint / "model.safetensors")
+    write_checksums(checkpoint)  # a tamperer can update the checksums too: the weights must still be refused
     with pytest.raises(GptlabError, match=r"model\.safetensors cannot be read"):
         load_checkpoint(checkpoint)
     assert main(["sample", str(checkpoint), "--max-new-tokens", "5"]) == 2
@@ -74,6 +76,7 @@ def test_pickle_in_place_of_the_weights_is_refused_and_does_not_run(checkpoint, 
 @pytest.mark.parametrize("content", [b"", b"not safetensors at all\n", b"\xff" * 64])
 def test_weights_that_are_not_safetensors_are_refused_cleanly(checkpoint, content):
     (checkpoint / "model.safetensors").write_bytes(content)
+    write_checksums(checkpoint)
     with pytest.raises(GptlabError, match="cannot be read .*truncated or corrupt"):
         load_checkpoint(checkpoint)
 

@@ -153,7 +153,8 @@ def add_train(sub) -> None:
     p.add_argument("--init-from", type=Path, metavar="CHECKPOINT", help="start a new run from these weights (fine-tuning); the model keys come from it")
     group = p.add_argument_group("config overrides (--key value)")
     for key, (section, typ) in field_types().items():
-        group.add_argument(f"--{key}", dest=f"override_{key}", metavar=typ.__name__.upper(), help=f"{section}.{key}")
+        dashed = [f"--{key.replace('_', '-')}"] if "_" in key else []  # --keep-last as well as --keep_last
+        group.add_argument(f"--{key}", *dashed, dest=f"override_{key}", metavar=typ.__name__.upper(), help=f"{section}.{key}")
     p.set_defaults(func=cmd_train)
 
 
@@ -428,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"gptlab {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code
     except KeyboardInterrupt:
         print(f"gptlab {args.command}: interrupted", file=sys.stderr)
         return 130

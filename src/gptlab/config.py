@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -106,9 +107,11 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (slow start, faster steps on GPUs)
     peak_flops: float = 0.0  # device peak FLOP/s for MFU; 0: known GPUs' bf16 peak, else no MFU
     tensorboard: bool = False  # also log metrics to RUN/tensorboard (needs the tensorboard package)
+    keep_last: int = 1  # resumable checkpoints kept: last/, and with N > 1 the newest N in checkpoints/
+    nonfinite_loss: str = "stop"  # a NaN or inf loss: stop (before the update) | skip (that step's update)
 
     def validate(self) -> None:
-        for name in ("batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters", "log_interval"):
+        for name in ("batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters", "log_interval", "keep_last"):
             if getattr(self, name) < 1:
                 raise GptlabError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("learning_rate", "muon_lr"):
@@ -124,6 +127,7 @@ class TrainConfig:
         _check_choice("optimizer", self.optimizer, ("adamw", "muon"))
         _check_choice("lr_schedule", self.lr_schedule, ("cosine", "wsd"))
         _check_choice("dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
+        _check_choice("nonfinite_loss", self.nonfinite_loss, ("stop", "skip"))
 
 
 @dataclass
@@ -187,13 +191,15 @@ def coerce(key: str, value: Any, typ: type) -> Any:
     if typ is int and isinstance(value, float) and value.is_integer():
         return int(value)
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, typ) and not isinstance(value, bool):
-        return value
-    try:
-        return typ(str(value))
-    except ValueError:
-        raise GptlabError(f"{key} expects {typ.__name__}, got {value!r}") from None
+        value = float(value)
+    if not (isinstance(value, typ) and not isinstance(value, bool)):
+        try:
+            value = typ(str(value))
+        except ValueError:
+            raise GptlabError(f"{key} expects {typ.__name__}, got {value!r}") from None
+    if typ is float and not math.isfinite(value):
+        raise GptlabError(f"{key} expects a finite number, got {value!r}")
+    return value
 
 
 def set_field(cfg: RunConfig, key: str, value: Any, section: str | None = None) -> None:

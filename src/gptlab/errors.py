@@ -6,3 +6,5 @@ class GptlabError(Exception):
 
     The CLI prints it on one line and exits with code 2; anything else is a bug and keeps its traceback.
     """
+
+    exit_code = 2

@@ -72,12 +72,22 @@ class TokenData:
     def vocab_size(self) -> int:
         return int(self.meta["tokenizer"]["vocab_size"])
 
-    def check_block_size(self, block_size: int) -> None:
+    def check_fits(self, block_size: int, batch_size: int) -> None:
+        """Each split must hold a training window of block_size + 1 tokens, and enough distinct windows
+        for a batch (else every batch would repeat the same few windows)."""
         for split, arr in self.splits.items():
+            if len(arr) == 0:
+                raise GptlabError(f"the {split} split is empty (no tokens in {self.dir}); run `gptlab prepare` again with more text")
             if len(arr) < block_size + 1:
                 raise GptlabError(
                     f"the {split} split has {len(arr)} tokens, fewer than block_size + 1 = {block_size + 1}; "
                     "give more text or lower --block_size"
+                )
+            windows = len(arr) - block_size
+            if windows < batch_size:
+                raise GptlabError(
+                    f"the {split} split holds only {windows} distinct windows of {block_size + 1} tokens, fewer than "
+                    f"--batch_size {batch_size}; lower --batch_size (or --block_size) or give more text"
                 )
 
     def get_batch(

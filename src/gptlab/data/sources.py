@@ -68,6 +68,8 @@ def find_text_files(sources: list[str]) -> tuple[list[TextFile], list[str]]:
     for source in sources or [BUNDLED]:
         for path in source_paths(source):
             if is_binary(path):
+                if path == Path(source):  # named on purpose, not met in a folder: skipping it would surprise
+                    raise GptlabError(f"{path} is a binary file (NUL bytes; if it is UTF-16 text, convert it to UTF-8); give a text file")
                 print(f"warning: skipping {path}: binary file (NUL bytes; if it is UTF-16 text, convert it to UTF-8)", file=sys.stderr)
                 skipped.append(str(path))
                 continue

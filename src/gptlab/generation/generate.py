@@ -14,8 +14,20 @@ from collections.abc import Iterator
 
 import torch
 
+from gptlab.errors import GptlabError
 from gptlab.generation.sampling import SamplingSettings, sample_next
 from gptlab.models import GPT, KVCache
+from gptlab.tokenizers import Tokenizer
+
+
+def encode_prompt(tokenizer: Tokenizer, text: str, block_size: int) -> list[int]:
+    """Prompt text -> ids; an empty prompt starts a new document (the end-of-text token)."""
+    ids = tokenizer.encode(text) if text else [tokenizer.eot_id]
+    if len(ids) > block_size:
+        raise GptlabError(
+            f"the prompt is {len(ids)} tokens, longer than the model's context of {block_size} tokens (block_size); shorten it"
+        )
+    return ids
 
 
 @torch.inference_mode()

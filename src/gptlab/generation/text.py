@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from gptlab.errors import GptlabError
-from gptlab.generation.generate import generate_tokens
+from gptlab.generation.generate import encode_prompt, generate_tokens
 from gptlab.generation.sampling import SamplingSettings
 from gptlab.generation.streaming import IncrementalDecoder, StopStrings
 from gptlab.models import GPT
@@ -60,8 +60,7 @@ class TextGenerator:
     def _pieces(self, prompt: str, settings: SamplingSettings, num_samples: int) -> Iterator[tuple[int, str]]:
         """(sample row, text) as each row's text grows; a row ends at end-of-text or a stop string."""
         eot = self.tokenizer.eot_id
-        ids = self.tokenizer.encode(prompt) if prompt else [eot]
-        ids = ids[-self.model.config.block_size :]  # all the model can see
+        ids = encode_prompt(self.tokenizer, prompt, self.model.config.block_size)
         generator = torch.Generator(device=self.device)
         if settings.seed is None:
             generator.seed()

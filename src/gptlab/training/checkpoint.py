@@ -6,8 +6,10 @@
     trainer.pt          optimizer state, step and RNG states (tensors and numbers only,
                         read with torch.load(weights_only=True)); only in resumable checkpoints
 
-A checkpoint is written into a temporary sibling and renamed into place, so a reader never sees
-a half-written one.
+    checksums.json      the SHA-256 of every file above, checked on every load
+
+A checkpoint is written into a temporary sibling, fsynced and renamed into place (gptlab.atomic),
+so a crash at any moment leaves a complete checkpoint, never a half-written one.
 """
 
 from __future__ import annotations
@@ -16,15 +18,15 @@ import json
 import os
 import pickle
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 
+from gptlab.atomic import CHECKSUMS, atomic_directory, complete_directory, remove_directory, verify_directory
 from gptlab.config import RunConfig
 from gptlab.errors import GptlabError
 from gptlab.models import GPT, build_model
@@ -33,6 +35,7 @@ from gptlab.tokenizers import Tokenizer, load_tokenizer
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 TRAINER_STATE = "trainer.pt"
+HISTORY = "checkpoints"  # RUN/checkpoints/step-NNNNNNNN: the newest keep_last saved checkpoints
 
 
 @dataclass
@@ -53,39 +56,43 @@ def save_checkpoint(
     trainer_state: dict[str, Any] | None = None,
 ) -> Path:
     ckpt_dir = Path(ckpt_dir)
-    ckpt_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{ckpt_dir.name}.", dir=ckpt_dir.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary directory
-    try:
+    with atomic_directory(ckpt_dir) as tmp:
         save_model(model, str(tmp / WEIGHTS))
         (tmp / CONFIG).write_text(json.dumps({"run": cfg.to_dict(), **info}, indent=2) + "\n")
         for f in files:
             shutil.copy2(f, tmp / Path(f).name)
         if trainer_state is not None:
             torch.save(trainer_state, tmp / TRAINER_STATE)
-        old = None
-        if ckpt_dir.exists():
-            old = ckpt_dir.with_name(f".{ckpt_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(ckpt_dir, old)
-        os.replace(tmp, ckpt_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return ckpt_dir
+
+
+def keep_history(last_dir: Path, step: int, keep_last: int) -> None:
+    """With keep_last > 1, RUN/checkpoints/step-NNNNNNNN holds each saved last/ checkpoint (hard links,
+    so no extra space while they are the same files), the newest keep_last of them kept."""
+    if keep_last <= 1:
+        return
+    history = Path(last_dir).parent / HISTORY
+    with atomic_directory(history / f"step-{step:08d}") as tmp:
+        for f in Path(last_dir).iterdir():
+            if f.name != CHECKSUMS:
+                try:
+                    os.link(f, tmp / f.name)
+                except OSError:  # a filesystem without hard links
+                    shutil.copy2(f, tmp / f.name)
+    for old in sorted(history.glob("step-*"))[:-keep_last]:
+        remove_directory(old)
 
 
 def resolve_checkpoint(path: Path) -> Path:
     """A checkpoint directory, or a run directory (its best checkpoint, else its last)."""
     path = Path(path)
     for candidate in (path, path / "best", path / "last"):
-        if (candidate / CONFIG).is_file() and (candidate / WEIGHTS).is_file():
-            return candidate
+        found = complete_directory(candidate)
+        if found is not None:
+            return found
     if not path.exists():
         raise GptlabError(f"{path}: no such checkpoint or run directory")
-    raise GptlabError(f"{path} holds no checkpoint ({WEIGHTS} + {CONFIG}); point at a run directory or a checkpoint inside it")
+    raise GptlabError(f"{path} holds no checkpoint ({WEIGHTS} + {CONFIG} + {CHECKSUMS}); point at a run directory or a checkpoint inside it")
 
 
 def read_info(ckpt_dir: Path) -> dict[str, Any]:
@@ -97,17 +104,30 @@ def read_info(ckpt_dir: Path) -> dict[str, Any]:
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Checkpoint:
     ckpt_dir = resolve_checkpoint(path)
+    verify_directory(ckpt_dir)
     info = read_info(ckpt_dir)
     cfg = RunConfig.from_dict(info.pop("run"))
     model = build_model(cfg.model)
+    weights = ckpt_dir / WEIGHTS
     try:
-        missing, unexpected = load_model(model, str(ckpt_dir / WEIGHTS), strict=False, device=str(device))
-    except (SafetensorError, OSError, RuntimeError) as e:
-        raise GptlabError(f"{ckpt_dir / WEIGHTS} cannot be read ({str(e).splitlines()[0]}); the file is truncated or corrupt") from None
+        with safe_open(str(weights), "pt") as f:  # the header alone: names and shapes
+            shapes = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise GptlabError(f"{weights} cannot be read ({str(e).splitlines()[0]}); the file is truncated or corrupt") from None
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    wrong = [f"{name} {shapes[name]} vs {expected[name]}" for name in shapes if name in expected and shapes[name] != expected[name]]
+    if wrong:
+        raise GptlabError(f"{weights} does not match its config.json ({', '.join(wrong[:2])}); the checkpoint was mixed with another run's files")
+    missing, unexpected = load_model(model, str(weights), strict=False, device=str(device))
     if missing or unexpected:
-        raise GptlabError(f"{ckpt_dir / WEIGHTS} does not match its config.json (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise GptlabError(f"{weights} does not match its config.json (missing {missing[:3]}, unexpected {unexpected[:3]})")
     model.to(device).eval()
     tokenizer = load_tokenizer(info["tokenizer"]["kind"], ckpt_dir)
+    if tokenizer.vocab_size != cfg.model.vocab_size:
+        raise GptlabError(
+            f"the tokenizer in {ckpt_dir} has a vocabulary of {tokenizer.vocab_size} but the model was trained with "
+            f"{cfg.model.vocab_size}: it belongs to another run; copy the tokenizer of the data the model was trained on"
+        )
     return Checkpoint(dir=ckpt_dir, model=model, config=cfg, tokenizer=tokenizer, info=info)
 
 

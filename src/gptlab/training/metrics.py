@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from gptlab.atomic import write_text_atomic
 from gptlab.errors import GptlabError
 
 METRICS = "metrics.jsonl"
@@ -52,17 +52,28 @@ def truncate_metrics(run_dir: Path, step: int) -> None:
     path = Path(run_dir) / METRICS
     if not path.is_file():
         return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    tmp = path.with_name(f".{METRICS}.tmp")
-    tmp.write_text("".join(line + "\n" for line in keep))
-    os.replace(tmp, path)
+    keep = [row for row in parse_rows(path.read_text()) if row["step"] <= step]
+    write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in keep))
+
+
+def parse_rows(text: str) -> list[dict[str, Any]]:
+    """The JSON rows of metrics.jsonl; a last line cut short by a crash mid-write is dropped."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:
+                raise
+    return rows
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     path = Path(path)
     if path.is_dir():
         path = path / METRICS
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return parse_rows(path.read_text())
 
 
 def plot_loss(run_dir: Path, out: Path | None = None) -> Path:

@@ -18,7 +18,9 @@ import contextlib
 import dataclasses
 import json
 import math
-import shutil
+import os
+import signal
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from gptlab.atomic import complete_directory, remove_directory, verify_directory, write_text_atomic
 from gptlab.config import RunConfig, field_types, set_field
 from gptlab.data.batches import TokenData
 from gptlab.device import autocast, autocast_dtype, peak_flops, setup_device
@@ -36,8 +39,10 @@ from gptlab.generation.generate import generate
 from gptlab.models import GPT, build_model
 from gptlab.models.info import flops_per_token
 from gptlab.tokenizers import load_tokenizer
-from gptlab.training.checkpoint import TRAINER_STATE, load_checkpoint, load_trainer_state, read_info, save_checkpoint
+from gptlab.training.checkpoint import TRAINER_STATE, keep_history, load_checkpoint, load_trainer_state, read_info, save_checkpoint
 from gptlab.training.distributed import SINGLE, Dist, gather_to_all, init_distributed, on_main, shutdown_distributed, sum_over_ranks
+from gptlab.training.interrupt import StopSignals, TrainingInterrupted
+from gptlab.training.memory import check_memory
 from gptlab.training.metrics import MetricsLog, plot_loss, require_tensorboard, truncate_metrics
 from gptlab.training.optim import build_optimizers, set_lr
 from gptlab.training.schedule import lr_at
@@ -82,15 +87,23 @@ def estimate_loss(
     return out
 
 
-def prepare_run_dir(out_dir: Path, overwrite: bool) -> None:
+def prepare_run_dir(out_dir: Path, overwrite: bool, record: dict[str, Any]) -> None:
+    """Create the run directory with its config.json in one rename, so a crash never leaves a run
+    directory without it (which --overwrite would then refuse as "not a gptlab run")."""
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         if not overwrite:
             raise GptlabError(f"{out_dir} already holds files; choose another --out, pass --overwrite to replace that run, or --resume it")
         if not (out_dir / RUN_CONFIG).is_file():
             raise GptlabError(f"{out_dir} is not empty and is not a gptlab run; refusing to overwrite it, choose another --out")
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+        remove_directory(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary directory
+    write_text_atomic(tmp / RUN_CONFIG, json.dumps(record, indent=2) + "\n")
+    if out_dir.exists():
+        out_dir.rmdir()  # empty: the rename takes its place
+    os.replace(tmp, out_dir)
 
 
 def check_same_tokens(data: TokenData, info: dict[str, Any], ckpt_dir: Path, text: bool) -> None:
@@ -134,6 +147,7 @@ class Trainer:
             self.forward = torch.compile(self.forward)
         self.batch_gen = torch.Generator().manual_seed(tc.seed)  # the data sampler: its state is the position
         self.step = 0
+        self.saved_step: int | None = None  # of the newest last/ checkpoint
         self.best_val = math.inf
         self.losses: dict[str, float] = {}  # the latest evaluation
         self.tokenizer_file = data.dir / data.meta["tokenizer"]["file"]
@@ -181,6 +195,8 @@ class Trainer:
         state = self.state_dict()  # on every rank: it gathers
         if self.me.is_main:
             save_checkpoint(self.run_dir / "last", self.model, self.cfg, self.checkpoint_info(), files=[self.tokenizer_file], trainer_state=state)
+            keep_history(self.run_dir / "last", self.step, self.tc.keep_last)
+        self.saved_step = self.step
 
     def checkpoint_info(self) -> dict[str, Any]:
         return {**self.info, "step": self.step, "train_loss": self.losses.get("train"), "val_loss": self.losses.get("val")}
@@ -214,6 +230,11 @@ class Trainer:
                     _, loss = self.forward(x, y)
                 self.scaler.scale(loss / len(batches)).backward()
             loss_sum += loss.detach()
+        if not self.update_is_finite(loss_sum):
+            for opt in self.optimizers:
+                opt.zero_grad(set_to_none=True)
+            self.step += 1
+            return loss_sum / len(batches), lr
         if self.tc.grad_clip > 0:
             for opt in self.optimizers:
                 self.scaler.unscale_(opt)  # clip the true gradients, not the scaled ones
@@ -225,6 +246,33 @@ class Trainer:
             opt.zero_grad(set_to_none=True)
         self.step += 1
         return loss_sum / len(batches), lr
+
+    def update_is_finite(self, loss_sum: torch.Tensor) -> bool:
+        """Whether this step's update may be applied. A NaN or inf loss (on any process) either stops
+        training before the update (nonfinite_loss "stop": the weights and every checkpoint stay good)
+        or skips that update ("skip"). One device sync per step: the price of never applying poison."""
+        value = sum_over_ranks(self.me, loss_sum).item()
+        if math.isfinite(value):
+            return True
+        step = self.step + 1
+        if self.tc.nonfinite_loss == "skip":
+            if self.me.is_main:
+                tqdm.write(f"warning: the loss is {value} at step {step}; skipped that update (--nonfinite_loss skip)")
+                self.metrics.write("skipped", step, reason="non-finite loss")
+            return False
+        last_good = (f"the last good checkpoint is {self.run_dir / 'last'} (step {self.saved_step})" if self.saved_step is not None
+                     else "no checkpoint was saved yet")
+        raise GptlabError(
+            f"the loss became {value} at step {step}; training stopped before applying it and {last_good}; "
+            "lower --learning_rate (or raise --warmup_iters), or pass --nonfinite_loss skip to skip such steps"
+        )
+
+    def stop_signal(self, stop: StopSignals) -> int | None:
+        """The signal that asked training to stop, on any process (all must stop at the same step to save together)."""
+        if not self.me.enabled:
+            return stop.requested
+        anyone = sum_over_ranks(self.me, torch.tensor(float(stop.requested is not None), device=self.device)).item()
+        return (stop.requested or signal.SIGTERM) if anyone else None
 
     # -- evaluation, samples ---------------------------------------------------------------------
 
@@ -270,10 +318,12 @@ class Trainer:
         start = time.perf_counter()
         bar = tqdm(total=tc.max_iters, initial=start_step, unit="step", dynamic_ncols=True,
                    disable=not me.is_main or (None if progress is None else not progress))
+        stop = StopSignals()
         try:
             if not self.losses:  # a new run: where it starts from
                 self.evaluate()
             log_time, log_step = time.perf_counter(), self.step
+            stop.install()
             while self.step < tc.max_iters:
                 loss, lr = self.train_step()
                 bar.update(1)
@@ -293,7 +343,15 @@ class Trainer:
                     log_time = time.perf_counter()  # evaluation is not training throughput
                 elif tc.checkpoint_interval and self.step % tc.checkpoint_interval == 0:
                     self.save_last()
+                signum = self.stop_signal(stop)
+                if signum and self.step < tc.max_iters:
+                    if self.saved_step != self.step:
+                        self.save_last()
+                    raise TrainingInterrupted(
+                        f"stopped by {signal.Signals(signum).name} after step {self.step}: saved {self.run_dir / 'last'}; "
+                        f"continue with `gptlab train --resume {self.run_dir}`", signum)
         finally:
+            stop.restore()
             bar.close()
             if self.metrics is not None:
                 self.metrics.close()
@@ -319,16 +377,16 @@ def train(
         cfg.model = dataclasses.replace(start.config.model, dropout=cfg.model.dropout)
     cfg.model.vocab_size = data.vocab_size
     cfg.validate()
-    data.check_block_size(cfg.model.block_size)
+    data.check_fits(cfg.model.block_size, cfg.train.batch_size)
     me, device = init_distributed(cfg.train.device)
     try:
         setup_device(device, cfg.train.tf32)
+        check_memory(cfg, device)
         run_dir = Path(out_dir)
 
         def make_run_dir() -> None:
-            prepare_run_dir(run_dir, overwrite)
             record = {"run": cfg.to_dict(), "data_dir": str(data_dir), **({"init_from": str(start.dir)} if start else {})}
-            (run_dir / RUN_CONFIG).write_text(json.dumps(record, indent=2) + "\n")
+            prepare_run_dir(run_dir, overwrite, record)
 
         on_main(me, make_run_dir)
         trainer = Trainer(cfg, data, run_dir, me, device)
@@ -347,12 +405,13 @@ def resume(run_dir: Path, overrides: dict[str, Any] | None = None, data_dir: Pat
     data_dir: where the data is now, if it moved (it must hold the same text and tokenizer).
     """
     run_dir = Path(run_dir)
-    ckpt_dir = run_dir / "last"
+    ckpt_dir = complete_directory(run_dir / "last") or run_dir / "last"  # a crash mid-replacement leaves the previous one aside
     if not (run_dir / RUN_CONFIG).is_file():
         raise GptlabError(f"{run_dir} is not a gptlab run (no {RUN_CONFIG}); give the run directory that `gptlab train --out` wrote")
     if not (ckpt_dir / TRAINER_STATE).is_file():
         raise GptlabError(f"{run_dir} has no resumable checkpoint ({ckpt_dir / TRAINER_STATE} is missing): "
                           "it stopped before its first checkpoint; start it again with --overwrite")
+    verify_directory(ckpt_dir)
     info = read_info(ckpt_dir)
     cfg = RunConfig.from_dict(info["run"])
     types = field_types()
@@ -375,7 +434,7 @@ def resume(run_dir: Path, overrides: dict[str, Any] | None = None, data_dir: Pat
         def rewind_run_dir() -> None:
             truncate_metrics(run_dir, state["step"])
             record = json.loads((run_dir / RUN_CONFIG).read_text())
-            (run_dir / RUN_CONFIG).write_text(json.dumps({**record, "run": cfg.to_dict(), "data_dir": str(data_dir)}, indent=2) + "\n")
+            write_text_atomic(run_dir / RUN_CONFIG, json.dumps({**record, "run": cfg.to_dict(), "data_dir": str(data_dir)}, indent=2) + "\n")
 
         on_main(me, rewind_run_dir)
         trainer = Trainer(cfg, data, run_dir, me, device)
