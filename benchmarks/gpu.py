@@ -197,7 +197,7 @@ def time_to_target(args, device, results: Results, budget: Budget, scratch: Path
     cfg = build_config(preset, overrides)
     cfg.model.vocab_size = data.vocab_size
     mc, tc = cfg.model, cfg.train
-    data.check_block_size(mc.block_size)
+    data.check_fits(mc.block_size, tc.batch_size)
     if device.type == "cpu":
         tc.dtype = "float32"
     compiled = tc.compile = not args.no_compile

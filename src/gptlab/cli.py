@@ -209,8 +209,9 @@ def add_sample(sub) -> None:
 def cmd_sample(args) -> None:
     lm = load_text_generator(args)
     if args.num_samples == 1:  # stream: text appears as it is generated
+        pieces = lm.stream(args.prompt)  # checks the prompt before anything is printed
         print(args.prompt, end="", flush=True)
-        for piece in lm.stream(args.prompt):
+        for piece in pieces:
             print(piece, end="", flush=True)
         print()
         return

@@ -46,9 +46,10 @@ class TextGenerator:
         return texts
 
     def stream(self, prompt: str = "", **settings) -> Iterator[str]:
-        """The continuation of `prompt`, piece by piece as it is generated (whole characters only)."""
-        for _, piece in self._pieces(prompt, self._settings(settings), 1):
-            yield piece
+        """The continuation of `prompt`, piece by piece as it is generated (whole characters only).
+
+        The prompt and settings are checked here, before the first piece is asked for."""
+        return (piece for _, piece in self._pieces(prompt, self._settings(settings), 1))
 
     def _settings(self, overrides: dict) -> SamplingSettings:
         if isinstance(overrides.get("stop"), str):
@@ -58,9 +59,12 @@ class TextGenerator:
         return settings.validate()
 
     def _pieces(self, prompt: str, settings: SamplingSettings, num_samples: int) -> Iterator[tuple[int, str]]:
+        """Check and encode the prompt now (a bad one raises before any output), then generate lazily."""
+        return self._grow(encode_prompt(self.tokenizer, prompt, self.model.config.block_size), settings, num_samples)
+
+    def _grow(self, ids: list[int], settings: SamplingSettings, num_samples: int) -> Iterator[tuple[int, str]]:
         """(sample row, text) as each row's text grows; a row ends at end-of-text or a stop string."""
         eot = self.tokenizer.eot_id
-        ids = encode_prompt(self.tokenizer, prompt, self.model.config.block_size)
         generator = torch.Generator(device=self.device)
         if settings.seed is None:
             generator.seed()
