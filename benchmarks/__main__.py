@@ -22,7 +22,6 @@ SUITE = {
     "training": "training tokens/s and time to a val loss, gptlab vs a transformers GPT2LMHeadModel loop (issue 9)",
     "generation": "generated tokens/s with and without the KV cache, and vs transformers generate (issue 5)",
     "prepare": "prepare MB/s and peak memory, and vs a single-process tiktoken encode loop (data issue)",
-    "fast_recipe": "time to val loss 1.88, shakespeare-char-cpu-fast vs shakespeare-char-cpu (issue 4)",
 }
 DOC = REPO_ROOT / "docs" / "benchmarks.md"
 BUDGET_SECONDS = 600  # the whole CPU suite must finish within this on the 2-core machine
