@@ -59,22 +59,6 @@ class Timing:
         return f"{self.median:.4g} s ±{100 * self.spread:.0f}%"
 
 
-def timeit(fn: Callable[[], object], repeats: int = 5, warmup: int = 1, sync: Callable[[], None] | None = None) -> Timing:
-    """Run fn `warmup` times untimed, then `repeats` times timed; sync (e.g. cuda.synchronize) before each clock read."""
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        if sync:
-            sync()
-        t = time.perf_counter()
-        fn()
-        if sync:
-            sync()
-        samples.append(time.perf_counter() - t)
-    return Timing(samples)
-
-
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1, sync=None) -> dict[str, Timing]:
     """Time several contenders in alternation (a, b, a, b, ...) so load on a shared machine hits all alike."""
     for fn in fns.values():
