@@ -340,9 +340,10 @@ class Trainer:
                                     **({"mfu": f"{extra['mfu']:.1%}"} if extra else {}))
                 if self.step % tc.eval_interval == 0 or self.step == tc.max_iters:
                     self.evaluate()
-                    log_time = time.perf_counter()  # evaluation is not training throughput
+                    log_time, log_step = time.perf_counter(), self.step  # evaluation is not training throughput
                 elif tc.checkpoint_interval and self.step % tc.checkpoint_interval == 0:
                     self.save_last()
+                    log_time, log_step = time.perf_counter(), self.step  # nor is saving
                 signum = self.stop_signal(stop)
                 if signum and self.step < tc.max_iters:
                     if self.saved_step != self.step:
