@@ -2,12 +2,12 @@
 
     PYTHONPATH=src:. python -m benchmarks.fast_recipe [--repeats 2] [--target 1.88] [--data DIR]
 
-Race: `shakespeare-char-cpu` (nanoGPT's CPU recipe) and `shakespeare-char-cpu-fast` train in
-alternation (a, b, a, b: load on a shared machine hits both alike), each through the real
+Race: nanoGPT's CPU recipe (`shakespeare-char-cpu` with its cosine schedule; the preset itself
+decays WSD-style) and `shakespeare-char-cpu-fast` train in alternation (a, b, a, b: load on a shared machine hits both alike), each through the real
 `train()`, its own periodic evaluation and checkpoints included. A watcher reads metrics.jsonl
 as it is written and notes the wall time of the first evaluation with val loss <= target.
 Per step: `modern` (rope, rmsnorm, qk-norm, relu2, untied head, no bias) against the classic
-GPT-2 recipe of `shakespeare-char-cpu`: same shape, data, batches, seed and training settings.
+GPT-2 parts of nanoGPT's recipe: same shape, data, batches, seed and training settings.
 """
 
 from __future__ import annotations
@@ -31,7 +31,13 @@ from gptlab.training.checkpoint import load_checkpoint
 from gptlab.training.metrics import METRICS, read_metrics
 from gptlab.training.trainer import estimate_loss, train
 
-BASELINE, FAST, MODERN = "shakespeare-char-cpu", "shakespeare-char-cpu-fast", "modern"
+# recipe -> (preset, overrides). nanoGPT's recipe is the baseline of issue 4's race.
+BASELINE, FAST, MODERN = "nanoGPT's CPU recipe", "shakespeare-char-cpu-fast", "modern"
+RECIPES = {
+    BASELINE: ("shakespeare-char-cpu", {"lr_schedule": "cosine"}),
+    FAST: ("shakespeare-char-cpu-fast", {}),
+    MODERN: ("modern", {}),
+}
 TINY_SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 FINAL_EVAL_BATCHES = 200  # a steadier estimate of the final weights than the runs' own 20-batch evals
 
@@ -47,25 +53,38 @@ def watch_for_target(metrics_path: Path, target: float, start: float, stop: thre
         stop.wait(0.05)
 
 
-def run_recipe(preset: str, data_dir: Path, run_dir: Path, target: float) -> dict:
-    cfg = build_config(preset, {"device": "cpu"})
+def label(name: str) -> str:
+    """The recipe as a command line would ask for it: its preset and overrides."""
+    preset, overrides = RECIPES[name]
+    flags = "".join(f" --{k} {v}" for k, v in overrides.items())
+    return name if name == preset and not flags else f"{name} (--preset {preset}{flags})"
+
+
+def run_dir(work: Path, name: str, repeat: int) -> Path:
+    preset, overrides = RECIPES[name]
+    return work / "-".join([preset, *map(str, overrides.values()), str(repeat)])
+
+
+def run_recipe(name: str, data_dir: Path, out: Path, target: float) -> dict:
+    preset, overrides = RECIPES[name]
+    cfg = build_config(preset, {**overrides, "device": "cpu"})
     found: dict = {}
     stop = threading.Event()
     start = time.perf_counter()
-    watcher = threading.Thread(target=watch_for_target, args=(run_dir / METRICS, target, start, stop, found))
+    watcher = threading.Thread(target=watch_for_target, args=(out / METRICS, target, start, stop, found))
     watcher.start()
     try:
-        result = train(cfg, data_dir, run_dir, overwrite=True, progress=False)
+        result = train(cfg, data_dir, out, overwrite=True, progress=False)
     finally:
         stop.set()
         watcher.join()
     total = time.perf_counter() - start
-    evals = [r for r in read_metrics(run_dir) if r["kind"] == "eval"]
+    evals = [r for r in read_metrics(out) if r["kind"] == "eval"]
     return {"cfg": cfg, "total_s": total, "steps": result.steps, "final_val": result.final_val_loss, "evals": evals, **found}
 
 
-def final_val_loss(run_dir: Path, data_dir: Path) -> float:
-    ckpt = load_checkpoint(run_dir / "last")
+def final_val_loss(out: Path, data_dir: Path) -> float:
+    ckpt = load_checkpoint(out / "last")
     cfg = ckpt.config
     cfg.train.eval_iters = FINAL_EVAL_BATCHES
     return estimate_loss(ckpt.model, TokenData(data_dir), cfg, torch.device("cpu"), splits=("val",))["val"]
@@ -89,10 +108,10 @@ def main() -> None:
     runs: dict[str, list[dict]] = {BASELINE: [], FAST: []}
 
     def contender(name: str):
-        return lambda: runs[name].append(run_recipe(name, data_dir, work / f"{name}-{len(runs[name])}", args.target))
+        return lambda: runs[name].append(run_recipe(name, data_dir, run_dir(work, name, len(runs[name])), args.target))
 
     timings = interleaved({name: contender(name) for name in runs}, repeats=args.repeats, warmup=0)
-    modern = run_recipe(MODERN, data_dir, work / MODERN, args.target)
+    modern = run_recipe(MODERN, data_dir, run_dir(work, MODERN, 0), args.target)
     load_after = os.getloadavg()
     print(f"load average (1/5/15 min) before {load_before}, after {load_after}\n")
 
@@ -102,14 +121,14 @@ def main() -> None:
         first = results[0]
         c = first["cfg"]
         rows.append([
-            name,
+            label(name),
             f"{c.model.n_layer}/{c.model.n_head}/{c.model.n_embd}, block {c.model.block_size}, batch {c.train.batch_size}, lr {c.train.learning_rate:g}",
             f"{statistics.median(reached):.1f} s" if len(reached) == len(results) else f"not reached in {len(results) - len(reached)} of {len(results)} runs",
             ", ".join(f"{r['seconds']:.1f} s (step {r['step']})" if "seconds" in r else "-" for r in results),
             f"{timings[name]}",
             first["steps"],
             ", ".join(f"{r['final_val']:.4f}" for r in results),
-            f"{final_val_loss(work / f'{name}-0', data_dir):.4f}",
+            f"{final_val_loss(run_dir(work, name, 0), data_dir):.4f}",
         ])
     print(f"### Time to val loss <= {args.target} (median of {args.repeats}, interleaved)\n")
     print(markdown_table(

@@ -184,7 +184,7 @@ def report(contenders: dict[str, Contender], mc, tc, chunk: int, target: float, 
 Identical work: the `{PRESET}` shapes ({mc.n_layer} layers, {mc.n_head} heads, {mc.n_embd} wide,
 block {mc.block_size}, batch {tc.batch_size}, vocab {mc.vocab_size}), Tiny Shakespeare char tokens, the same
 batches in the same order, AdamW with gptlab's parameter groups (lr {tc.learning_rate:g} with {tc.warmup_iters} warmup
-steps and cosine decay over {tc.max_iters}, betas ({tc.beta1}, {tc.beta2}), weight decay {tc.weight_decay} on matrices,
+steps, then {tc.lr_schedule} decay to {tc.min_lr:g} by step {tc.max_iters}, betas ({tc.beta1}, {tc.beta2}), weight decay {tc.weight_decay} on matrices,
 clip {tc.grad_clip}), float32 on CPU, transformers with `attn_implementation="sdpa"` and
 `gelu_new` starting from a copy of gptlab's initial weights; gptlab steps with its own
 `Trainer.train_step`, transformers with a plain loop. The loops run in alternating chunks of

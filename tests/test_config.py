@@ -2,6 +2,7 @@ import pytest
 
 from gptlab.config import RunConfig, build_config, field_types, load_preset, preset_names
 from gptlab.errors import GptlabError
+from gptlab.training.schedule import lr_at
 
 
 def test_presets_load_and_validate():
@@ -17,6 +18,10 @@ def test_nanogpt_presets_match_the_issue():
     cpu = load_preset("shakespeare-char-cpu")
     assert (cpu.model.n_layer, cpu.model.n_head, cpu.model.n_embd, cpu.model.block_size) == (4, 4, 128, 64)
     assert (cpu.train.batch_size, cpu.train.max_iters, cpu.model.dropout, cpu.train.eval_iters) == (12, 2000, 0.0, 20)
+    # lr 1e-3, held until step 1600 (WSD), then a straight line down to min_lr at the last step
+    assert cpu.train.learning_rate == 1e-3 and cpu.train.lr_schedule == "wsd"
+    assert lr_at(100, cpu.train) == lr_at(1600, cpu.train) == 1e-3
+    assert lr_at(1800, cpu.train) == pytest.approx(5.5e-4) and lr_at(2000, cpu.train) == cpu.train.min_lr == 1e-4
     gpu = load_preset("shakespeare-char")
     assert (gpu.model.n_layer, gpu.model.n_head, gpu.model.n_embd, gpu.model.block_size) == (6, 6, 384, 256)
     assert (gpu.train.batch_size, gpu.train.max_iters, gpu.model.dropout, gpu.train.beta2) == (64, 5000, 0.2, 0.99)
