@@ -9,7 +9,7 @@ Contenders, each a fresh process on the same file:
             to a file; one process.
 CPU seconds (user + system, the process and its workers) tell what a run costs when, as on a
 shared machine, other load takes the cores. Peak memory is the largest sum of resident memory (VmRSS) over the process and all its children,
-sampled every 0.1 s from /proc, and, as a cross-check, the largest single-process ru_maxrss.
+sampled every 0.1 s from /proc, and, as a cross-check, the largest single-process peak (VmHWM).
 The text: lines of the bundled Shakespeare corpus in a seeded random order, repeated to size.
 """
 
@@ -49,8 +49,12 @@ def generate_text(path: Path, size_mb: int, seed: int = 0) -> Path:
     return path
 
 
-def tree_rss_bytes(pid: int) -> int:
-    """VmRSS of `pid` and all its descendants."""
+def tree_memory(pid: int) -> tuple[int, int]:
+    """(sum of VmRSS, largest VmHWM) over `pid` and all its descendants, in bytes.
+
+    VmHWM is each process's own peak since it started its program. wait4's ru_maxrss is not: a
+    child that subprocess starts with vfork inherits the parent's high-water mark, so it reported
+    the benchmark process's own size for every contender."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -60,30 +64,33 @@ def tree_rss_bytes(pid: int) -> int:
                 children.setdefault(ppid, []).append(int(entry))
             except (OSError, IndexError, ValueError):
                 pass
-    total, todo = 0, [pid]
+    total, largest, todo = 0, 0, [pid]
     while todo:
         p = todo.pop()
         todo += children.get(p, [])
         try:
             with open(f"/proc/{p}/status") as f:
-                total += next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
-        except (OSError, StopIteration):
-            pass
-    return total
+                fields = dict(line.split(":", 1) for line in f)
+            total += int(fields["VmRSS"].split()[0]) * 1024
+            largest = max(largest, int(fields["VmHWM"].split()[0]) * 1024)
+        except (OSError, KeyError, ValueError):
+            pass  # exited meanwhile, or a kernel thread without memory fields
+    return total, largest
 
 
 def run_measured(cmd: list[str], record: dict) -> None:
-    """Run cmd; record wall seconds, peak process-tree RSS and peak single-process maxrss."""
+    """Run cmd; record wall seconds, peak process-tree RSS and the largest single-process peak."""
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}:{ROOT}", "HF_HUB_OFFLINE": "1"}
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak = 0
+    peak = largest = 0
     done = threading.Event()
 
     def sample():
-        nonlocal peak
+        nonlocal peak, largest
         while not done.is_set():
-            peak = max(peak, tree_rss_bytes(proc.pid))
+            tree, hwm = tree_memory(proc.pid)
+            peak, largest = max(peak, tree), max(largest, hwm)
             done.wait(0.1)
 
     sampler = threading.Thread(target=sample)
@@ -91,14 +98,13 @@ def run_measured(cmd: list[str], record: dict) -> None:
     out = proc.stdout.read()
     done.set()
     sampler.join()
-    # wait4's maxrss is the largest of the process and its reaped descendants (KiB on Linux)
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     record.setdefault("seconds", []).append(time.perf_counter() - t)
     if proc.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{out}")
     record.setdefault("peak_tree_rss", []).append(peak)
-    record.setdefault("max_process_rss", []).append(usage.ru_maxrss * 1024)
+    record.setdefault("max_process_rss", []).append(largest)
     record.setdefault("cpu_seconds", []).append(usage.ru_utime + usage.ru_stime)  # with its reaped workers
     record["output"] = out
 
