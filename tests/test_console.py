@@ -118,3 +118,19 @@ def test_ctrl_c_stops_a_generation_and_the_console_carries_on(char_textgen):
 def test_ctrl_c_at_the_prompt_does_not_leave(char_textgen):
     out, prompts = drive(char_textgen, [KeyboardInterrupt(), "/max 2"])
     assert "/quit or Ctrl-D leaves" in out and "max 2" in out and len(prompts) == 3
+
+
+def test_save_writes_the_conversation_and_bad_paths_get_a_message(char_textgen, tmp_path):
+    char_textgen.settings.max_new_tokens = 10
+    console = Console(char_textgen, scripted([]), io.StringIO())
+    console.handle("ROMEO:")
+    target = tmp_path / "conversation.txt"
+    target.write_text("an older conversation")
+    console.handle(f"/save {target}")
+    assert target.read_text(encoding="utf-8") == console.text and console.text.startswith("ROMEO:")
+    assert f"conversation saved to {target}" in console.out.getvalue()
+    for arg, message in [("", "/save needs a file name"), (str(tmp_path), "is a directory"),
+                         (str(tmp_path / "missing" / "c.txt"), "could not save to")]:
+        console.handle(f"/save {arg}".rstrip())
+        assert message in console.out.getvalue().splitlines()[-1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["conversation.txt"]  # no stray temporary file

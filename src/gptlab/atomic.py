@@ -47,7 +47,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     """Replace a small file whole: written beside it, fsynced, renamed over it."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8")
     fsync_path(tmp)
     os.replace(tmp, path)
     fsync_path(path.parent)

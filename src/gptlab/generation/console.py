@@ -10,8 +10,10 @@ from __future__ import annotations
 import dataclasses
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TextIO
 
+from gptlab.atomic import write_text_atomic
 from gptlab.errors import GptlabError
 from gptlab.generation.text import TextGenerator
 
@@ -36,6 +38,7 @@ Type some text and press Enter: the model continues it, streaming, and remembers
   /seed [N]              fix the random seed (same input, same output); no N: random again
   /stop [TEXT]           also stop where TEXT appears (\\n for a newline); no TEXT: clear stop strings
   /settings              show the current settings
+  /save FILE             write the conversation so far to FILE (replacing it)
   /reset                 forget the conversation
   /help                  this list
   /quit                  leave (Ctrl-D too)
@@ -62,6 +65,7 @@ class Console:
             "seed": self._seed,
             "stop": self._stop,
             "settings": lambda a: self._say(self._describe_settings()),
+            "save": self._save,
             "reset": self._reset,
             "help": lambda a: self._say(HELP),
             "quit": lambda a: False,
@@ -154,6 +158,18 @@ class Console:
             return self._say("stop strings cleared")
         self.settings.stop = (*self.settings.stop, arg.replace("\\n", "\n").replace("\\t", "\t"))
         return self._say(f"stop strings: {', '.join(repr(s) for s in self.settings.stop)}")
+
+    def _save(self, arg: str) -> bool:
+        if not arg:
+            return self._say("/save needs a file name, e.g. /save conversation.txt")
+        path = Path(arg).expanduser()
+        if path.is_dir():
+            return self._say(f"{path} is a directory; give a file name, e.g. /save {path / 'conversation.txt'}")
+        try:
+            write_text_atomic(path, self.text)  # whole or not at all: an old file is never left half-replaced
+        except OSError as e:
+            return self._say(f"could not save to {path}: {e.strerror}; try another path")
+        return self._say(f"(conversation saved to {path}: {len(self.text):,} characters)")
 
     def _reset(self, arg: str) -> bool:
         self.text = ""
