@@ -23,7 +23,8 @@ import torch
 from gptlab.atomic import complete_directory, verify_directory
 from gptlab.config import build_config
 from gptlab.data.prepare import prepare
-from gptlab.training.checkpoint import load_checkpoint, load_trainer_state
+from gptlab.errors import GptlabError
+from gptlab.training.checkpoint import load_checkpoint, load_trainer_state, read_info
 from gptlab.training import trainer
 from gptlab.training.trainer import resume, train
 
@@ -80,16 +81,33 @@ def forkserver():
     return ctx
 
 
-def run_in_child(ctx, data: Path, run: Path, kill_after: float | None = None) -> float:
-    """Run train_or_resume in a forked process, SIGKILLed after kill_after seconds; returns its run time."""
+def saved_step(run: Path) -> int:
+    """The step of the run's newest complete checkpoint; -1 while there is none (or it is being replaced)."""
+    try:
+        last = complete_directory(run / "last")
+        return -1 if last is None else read_info(last)["step"]
+    except (OSError, GptlabError, KeyError):
+        return -1
+
+
+def run_in_child(ctx, data: Path, run: Path, kill: tuple[int, float] | None = None) -> float:
+    """Run train_or_resume in a forked process; returns its run time. kill (step, delay): SIGKILL it
+    `delay` seconds after its checkpoint of `step` appears (step -1: after it starts). Waiting for a
+    step rather than a fixed time spreads the kills over the run however fast the machine is."""
     proc = ctx.Process(target=train_or_resume, args=(str(data), str(run)))
     start = time.perf_counter()
     proc.start()
-    proc.join(kill_after if kill_after is not None else 120)  # bounded: a hung run fails the test
+    if kill is None:
+        proc.join(120)  # bounded: a hung run fails the test
+    else:
+        step, delay = kill
+        while proc.is_alive() and saved_step(run) < step and time.perf_counter() - start < 120:
+            time.sleep(0.002)
+        proc.join(delay)
     if proc.is_alive():
         os.kill(proc.pid, signal.SIGKILL)
     proc.join()
-    if kill_after is None:
+    if kill is None:
         assert proc.exitcode == 0, f"the run in {run} failed or hung (exit code {proc.exitcode}); its traceback is above"
     return time.perf_counter() - start
 
@@ -105,7 +123,7 @@ def test_runs_killed_at_random_moments_resume_to_the_uninterrupted_weights(corpu
     steps_at_kill = []
     for trial in range(TRIALS):
         run = tmp_path / f"trial{trial}"
-        run_in_child(forkserver, data, run, kill_after=rng.uniform(0.1, 1.0) * full_time)
+        run_in_child(forkserver, data, run, kill=(rng.randrange(-1, STEPS), rng.uniform(0, full_time / STEPS)))
         steps_at_kill.append(check_loadable(run))
         run_in_child(forkserver, data, run)  # resume (or start again) to the end
         got = final_weights(run)
