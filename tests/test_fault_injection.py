@@ -13,7 +13,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import random
-import signal
 import time
 from pathlib import Path
 
@@ -105,7 +104,7 @@ def run_in_child(ctx, data: Path, run: Path, kill: tuple[int, float] | None = No
             time.sleep(0.002)
         proc.join(delay)
     if proc.is_alive():
-        os.kill(proc.pid, signal.SIGKILL)
+        proc.kill()  # SIGKILL; a process that ended meanwhile is no error
     proc.join()
     if kill is None:
         assert proc.exitcode == 0, f"the run in {run} failed or hung (exit code {proc.exitcode}); its traceback is above"
