@@ -3,9 +3,10 @@
     PYTHONPATH=src:. python -m benchmarks.fast_recipe [--repeats 2] [--target 1.88] [--data DIR]
 
 Race: nanoGPT's CPU recipe (`shakespeare-char-cpu` with its cosine schedule; the preset itself
-decays WSD-style) and `shakespeare-char-cpu-fast` train in alternation (a, b, a, b: load on a shared machine hits both alike), each through the real
-`train()`, its own periodic evaluation and checkpoints included. A watcher reads metrics.jsonl
-as it is written and notes the wall time of the first evaluation with val loss <= target.
+decays WSD-style) and `shakespeare-char-cpu-fast` train in alternation (a, b, a, b: load on a
+shared machine hits both alike), each through the real `train()`, its own periodic evaluation and
+checkpoints included. A watcher reads metrics.jsonl as it is written and notes the wall time of
+the first evaluation with val loss <= target.
 Per step: `modern` (rope, rmsnorm, qk-norm, relu2, untied head, no bias) against the classic
 GPT-2 parts of nanoGPT's recipe: same shape, data, batches, seed and training settings.
 """
@@ -139,9 +140,9 @@ def main() -> None:
     fast_reached = [r["seconds"] for r in runs[FAST] if "seconds" in r]
     if fast_reached:
         if len(base_reached) == len(runs[BASELINE]):
-            ref, what = statistics.median(base_reached), "its time to target"
+            ref, what = statistics.median(base_reached), "time to target"
         else:
-            ref, what = timings[BASELINE].median, "its whole run (it did not reach the target)"
+            ref, what = timings[BASELINE].median, "whole run (it did not reach the target)"
         print(f"\nfast / baseline: {statistics.median(fast_reached) / ref:.2f} of the baseline's {what}")
 
     print(f"\n### {MODERN} vs classic ({BASELINE}), same training settings: val loss by step\n")
