@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # On a GPU machine: make demo TORCH_REQUIREMENTS= (and install the torch build for your CUDA yourself).
 TORCH_REQUIREMENTS ?= requirements/torch-cpu.txt
 
-.PHONY: install demo test guide clean
+.PHONY: install demo test lint guide clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,13 @@ demo: install
 	$(BIN)/gptlab train --preset shakespeare-char-cpu --data data/shakespeare-char --out runs/demo --overwrite
 	$(BIN)/gptlab sample runs/demo --prompt "ROMEO:" --max-new-tokens 400 --seed 1
 
-test: install
+test: install lint
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+
+# ruff at 120 columns (pyproject.toml): lint rules and the formatter's layout.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # Redraws docs/images/*.png and the numbers in docs/guide.md from a fresh run (~2-3 min on a laptop CPU).
 guide: install

@@ -44,7 +44,8 @@ def load_modules(names: list[str]) -> dict:
         modules[name] = module
     if problems:
         raise SystemExit(
-            "benchmarks: " + "; ".join(problems)
+            "benchmarks: "
+            + "; ".join(problems)
             + (f". Run the others by name: python -m benchmarks {' '.join(modules)}" if modules else "")
         )
     return modules
@@ -73,10 +74,18 @@ def write_doc(name: str, section: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
-    parser.add_argument("names", nargs="*", metavar="NAME", help=f"suite modules to run (default: all): {', '.join(SUITE)}")
+    parser.add_argument(
+        "names", nargs="*", metavar="NAME", help=f"suite modules to run (default: all): {', '.join(SUITE)}"
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, numbers meaningless")
-    parser.add_argument("--write", action="store_true", help=f"replace each section's block in {DOC.relative_to(REPO_ROOT)}")
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's own, one per core); 1 keeps a loaded machine usable")
+    parser.add_argument(
+        "--write", action="store_true", help=f"replace each section's block in {DOC.relative_to(REPO_ROOT)}"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads (default: torch's own, one per core); 1 keeps a loaded machine usable",
+    )
     parser.epilog = "The GPU script is separate: python -m benchmarks.gpu --help"
     args = parser.parse_args(argv)
     unknown = [n for n in args.names if n not in SUITE]
@@ -92,7 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     modules = load_modules(names)
 
-    command = "python -m benchmarks" + "".join(f" {shlex.quote(a)}" for a in (argv if argv is not None else sys.argv[1:]))
+    command = "python -m benchmarks" + "".join(
+        f" {shlex.quote(a)}" for a in (argv if argv is not None else sys.argv[1:])
+    )
     start = time.perf_counter()
     seconds = {}
     for name, module in modules.items():
@@ -105,9 +116,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.write:  # after each module, so a later failure keeps the sections already measured
             write_doc(name, section)
     total = time.perf_counter() - start
-    print("benchmarks: " + ", ".join(f"{n} {s:.0f} s" for n, s in seconds.items()) + f"; total {total:.0f} s", file=sys.stderr)
+    print(
+        "benchmarks: " + ", ".join(f"{n} {s:.0f} s" for n, s in seconds.items()) + f"; total {total:.0f} s",
+        file=sys.stderr,
+    )
     if not args.quick and len(names) == len(SUITE) and total > BUDGET_SECONDS:
-        print(f"benchmarks: the suite took {total:.0f} s, over its {BUDGET_SECONDS} s budget; shrink a module's sizes", file=sys.stderr)
+        print(
+            f"benchmarks: the suite took {total:.0f} s, over its {BUDGET_SECONDS} s budget; shrink a module's sizes",
+            file=sys.stderr,
+        )
     return 0
 
 

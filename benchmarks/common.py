@@ -32,7 +32,9 @@ def machine() -> dict[str, str]:
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "none",
     }
     try:
-        info["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        info["git"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
     except OSError:
         pass
     return info
@@ -59,7 +61,9 @@ class Timing:
         return f"{self.median:.4g} s ±{100 * self.spread:.0f}%"
 
 
-def interleaved(fns: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1, sync=None) -> dict[str, Timing]:
+def interleaved(
+    fns: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1, sync=None
+) -> dict[str, Timing]:
     """Time several contenders in alternation (a, b, a, b, ...) so load on a shared machine hits all alike."""
     for fn in fns.values():
         for _ in range(warmup):
@@ -81,7 +85,6 @@ def markdown_table(header: list[str], rows: list[list[object]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
-
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

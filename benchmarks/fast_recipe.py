@@ -25,11 +25,11 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import interleaved, machine_line, markdown_table
+from gptlab.checkpoint import RunDir, load_checkpoint
 from gptlab.config import build_config
 from gptlab.data.batches import TokenData
 from gptlab.data.prepare import prepare
-from gptlab.training.checkpoint import load_checkpoint
-from gptlab.training.metrics import METRICS, read_metrics
+from gptlab.training.metrics import read_metrics
 from gptlab.training.trainer import estimate_loss, train
 
 # recipe -> (preset, overrides). nanoGPT's recipe is the baseline of issue 4's race.
@@ -72,7 +72,7 @@ def run_recipe(name: str, data_dir: Path, out: Path, target: float) -> dict:
     found: dict = {}
     stop = threading.Event()
     start = time.perf_counter()
-    watcher = threading.Thread(target=watch_for_target, args=(out / METRICS, target, start, stop, found))
+    watcher = threading.Thread(target=watch_for_target, args=(RunDir(out).metrics, target, start, stop, found))
     watcher.start()
     try:
         result = train(cfg, data_dir, out, overwrite=True, progress=False)
@@ -81,7 +81,14 @@ def run_recipe(name: str, data_dir: Path, out: Path, target: float) -> dict:
         watcher.join()
     total = time.perf_counter() - start
     evals = [r for r in read_metrics(out) if r["kind"] == "eval"]
-    return {"cfg": cfg, "total_s": total, "steps": result.steps, "final_val": result.final_val_loss, "evals": evals, **found}
+    return {
+        "cfg": cfg,
+        "total_s": total,
+        "steps": result.steps,
+        "final_val": result.final_val_loss,
+        "evals": evals,
+        **found,
+    }
 
 
 def final_val_loss(out: Path, data_dir: Path) -> float:
@@ -121,21 +128,37 @@ def main() -> None:
         reached = [r["seconds"] for r in results if "seconds" in r]
         first = results[0]
         c = first["cfg"]
-        rows.append([
-            label(name),
-            f"{c.model.n_layer}/{c.model.n_head}/{c.model.n_embd}, block {c.model.block_size}, batch {c.train.batch_size}, lr {c.train.learning_rate:g}",
-            f"{statistics.median(reached):.1f} s" if len(reached) == len(results) else f"not reached in {len(results) - len(reached)} of {len(results)} runs",
-            ", ".join(f"{r['seconds']:.1f} s (step {r['step']})" if "seconds" in r else "-" for r in results),
-            f"{timings[name]}",
-            first["steps"],
-            ", ".join(f"{r['final_val']:.4f}" for r in results),
-            f"{final_val_loss(run_dir(work, name, 0), data_dir):.4f}",
-        ])
+        rows.append(
+            [
+                label(name),
+                f"{c.model.n_layer}/{c.model.n_head}/{c.model.n_embd}, block {c.model.block_size}, batch "
+                f"{c.train.batch_size}, lr {c.train.learning_rate:g}",
+                f"{statistics.median(reached):.1f} s"
+                if len(reached) == len(results)
+                else f"not reached in {len(results) - len(reached)} of {len(results)} runs",
+                ", ".join(f"{r['seconds']:.1f} s (step {r['step']})" if "seconds" in r else "-" for r in results),
+                f"{timings[name]}",
+                first["steps"],
+                ", ".join(f"{r['final_val']:.4f}" for r in results),
+                f"{final_val_loss(run_dir(work, name, 0), data_dir):.4f}",
+            ]
+        )
     print(f"### Time to val loss <= {args.target} (median of {args.repeats}, interleaved)\n")
-    print(markdown_table(
-        ["recipe", "shape", "time to target (median)", "each run", "whole run (median ±spread)", "steps", "final val (own eval)", f"final val ({FINAL_EVAL_BATCHES} batches)"],
-        rows,
-    ))
+    print(
+        markdown_table(
+            [
+                "recipe",
+                "shape",
+                "time to target (median)",
+                "each run",
+                "whole run (median ±spread)",
+                "steps",
+                "final val (own eval)",
+                f"final val ({FINAL_EVAL_BATCHES} batches)",
+            ],
+            rows,
+        )
+    )
     base_reached = [r["seconds"] for r in runs[BASELINE] if "seconds" in r]
     fast_reached = [r["seconds"] for r in runs[FAST] if "seconds" in r]
     if fast_reached:
@@ -148,9 +171,20 @@ def main() -> None:
     print(f"\n### {MODERN} vs classic ({BASELINE}), same training settings: val loss by step\n")
     classic = {r["step"]: r["val_loss"] for r in runs[BASELINE][0]["evals"]}
     mod = {r["step"]: r["val_loss"] for r in modern["evals"]}
-    print(markdown_table(["step", "classic val", "modern val", "modern - classic"],
-                         [[s, f"{classic[s]:.4f}", f"{mod[s]:.4f}", f"{mod[s] - classic[s]:+.4f}"] for s in sorted(classic) if s in mod]))
-    print(f"\nwhole runs: classic {runs[BASELINE][0]['total_s']:.1f} s, modern {modern['total_s']:.1f} s (one run each, not interleaved)")
+    print(
+        markdown_table(
+            ["step", "classic val", "modern val", "modern - classic"],
+            [
+                [s, f"{classic[s]:.4f}", f"{mod[s]:.4f}", f"{mod[s] - classic[s]:+.4f}"]
+                for s in sorted(classic)
+                if s in mod
+            ],
+        )
+    )
+    print(
+        f"\nwhole runs: classic {runs[BASELINE][0]['total_s']:.1f} s, modern {modern['total_s']:.1f} s (one run each, "
+        "not interleaved)"
+    )
 
 
 if __name__ == "__main__":

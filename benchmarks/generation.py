@@ -36,8 +36,15 @@ PROMPT_LEN = 16
 def gptlab_from_transformers(hf) -> GPT:
     """A gptlab GPT with the weights of a transformers GPT2LMHeadModel (same names, Conv1D transposed)."""
     c = hf.config
-    cfg = ModelConfig(vocab_size=c.vocab_size, block_size=c.n_positions, n_layer=c.n_layer, n_head=c.n_head,
-                      n_embd=c.n_embd, dropout=0.0, bias=True)
+    cfg = ModelConfig(
+        vocab_size=c.vocab_size,
+        block_size=c.n_positions,
+        n_layer=c.n_layer,
+        n_head=c.n_head,
+        n_embd=c.n_embd,
+        dropout=0.0,
+        bias=True,
+    )
     model = GPT(cfg)
     conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
     state = {k: v.t() if k.endswith(conv1d) else v for k, v in hf.state_dict().items() if k in model.state_dict()}
@@ -49,8 +56,16 @@ def random_transformers_gpt2(n_layer: int, n_head: int, n_embd: int, n_positions
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=50257, n_positions=n_positions, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
-                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    cfg = GPT2Config(
+        vocab_size=50257,
+        n_positions=n_positions,
+        n_layer=n_layer,
+        n_head=n_head,
+        n_embd=n_embd,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
     hf = GPT2LMHeadModel(cfg).eval()
     hf.generation_config.eos_token_id = None  # never stop early: every contender makes exactly n tokens
     hf.generation_config.pad_token_id = 0
@@ -64,21 +79,34 @@ def tokens_per_second(n: int, timing) -> str:
 def cache_vs_recompute(lengths: list[int], repeats: int, width: tuple[int, int, int]) -> str:
     n_layer, n_head, n_embd = width
     torch.manual_seed(0)
-    model = GPT(ModelConfig(vocab_size=65, block_size=PROMPT_LEN + max(lengths), n_layer=n_layer, n_head=n_head,
-                            n_embd=n_embd)).eval()
+    model = GPT(
+        ModelConfig(vocab_size=65, block_size=PROMPT_LEN + max(lengths), n_layer=n_layer, n_head=n_head, n_embd=n_embd)
+    ).eval()
     prompt = torch.randint(0, 65, (PROMPT_LEN,)).tolist()
     rows = []
     for use_cache in (True, False):  # warm up both paths on a short run; a long one would cost minutes
         generate(model, prompt, 16, temperature=0, use_cache=use_cache)
     for n in lengths:  # tests/test_generation.py proves both paths give the same tokens and logits
         print(f"generation: cache vs recompute, {n} tokens ...", file=sys.stderr, flush=True)
-        t = interleaved({
-            "cache": lambda: generate(model, prompt, n, temperature=0, use_cache=True),
-            "recompute": lambda: generate(model, prompt, n, temperature=0, use_cache=False),
-        }, repeats=repeats, warmup=0)
-        rows.append([n, f"{tokens_per_second(n, t['cache'])} ({t['cache']})", f"{tokens_per_second(n, t['recompute'])} ({t['recompute']})",
-                     f"**{t['recompute'].median / t['cache'].median:.1f}x**"])
-    return markdown_table(["new tokens", "KV cache: tokens/s (time)", "recompute: tokens/s (time)", "cache speed-up"], rows)
+        t = interleaved(
+            {
+                "cache": lambda: generate(model, prompt, n, temperature=0, use_cache=True),
+                "recompute": lambda: generate(model, prompt, n, temperature=0, use_cache=False),
+            },
+            repeats=repeats,
+            warmup=0,
+        )
+        rows.append(
+            [
+                n,
+                f"{tokens_per_second(n, t['cache'])} ({t['cache']})",
+                f"{tokens_per_second(n, t['recompute'])} ({t['recompute']})",
+                f"**{t['recompute'].median / t['cache'].median:.1f}x**",
+            ]
+        )
+    return markdown_table(
+        ["new tokens", "KV cache: tokens/s (time)", "recompute: tokens/s (time)", "cache speed-up"], rows
+    )
 
 
 def versus_transformers(lengths: list[int], repeats: int, width: tuple[int, int, int]) -> tuple[str, str]:
@@ -98,20 +126,40 @@ def versus_transformers(lengths: list[int], repeats: int, width: tuple[int, int,
     for n in lengths:
         print(f"generation: gptlab vs transformers, {n} tokens ...", file=sys.stderr, flush=True)
         out: dict[str, list[int]] = {}  # each contender's last tokens, compared after timing
-        t = interleaved({
-            "gptlab": lambda: out.__setitem__("gptlab", generate(ours, prompt[0].tolist(), n, temperature=0)[0]),
-            "transformers": lambda: out.__setitem__("transformers", hf_generate(n)),
-        }, repeats=repeats, warmup=1)
+        t = interleaved(
+            {
+                "gptlab": lambda: out.__setitem__("gptlab", generate(ours, prompt[0].tolist(), n, temperature=0)[0]),
+                "transformers": lambda: out.__setitem__("transformers", hf_generate(n)),
+            },
+            repeats=repeats,
+            warmup=1,
+        )
         a, b = out["gptlab"], out["transformers"]
         assert len(a) == len(b) == n
         agree.append(f"{next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), n)} of {n}")
-        rows.append([n, f"{tokens_per_second(n, t['gptlab'])} ({t['gptlab']})", f"{tokens_per_second(n, t['transformers'])} ({t['transformers']})",
-                     f"**{t['transformers'].median / t['gptlab'].median:.2f}**"])
-    table = markdown_table(["new tokens", "gptlab, KV cache: tokens/s (time)", "transformers generate: tokens/s (time)",
-                            "gptlab / transformers (tokens/s)"], rows)
-    note = (f"Logits of the two models on the prompt differ by at most {diff:.1e}; greedy tokens agree "
-            f"for the first {', '.join(agree)} (random weights give near-ties, where float rounding may pick another token). "
-            f"transformers attention: `{hf.config._attn_implementation}`.")
+        rows.append(
+            [
+                n,
+                f"{tokens_per_second(n, t['gptlab'])} ({t['gptlab']})",
+                f"{tokens_per_second(n, t['transformers'])} ({t['transformers']})",
+                f"**{t['transformers'].median / t['gptlab'].median:.2f}**",
+            ]
+        )
+    table = markdown_table(
+        [
+            "new tokens",
+            "gptlab, KV cache: tokens/s (time)",
+            "transformers generate: tokens/s (time)",
+            "gptlab / transformers (tokens/s)",
+        ],
+        rows,
+    )
+    note = (
+        f"Logits of the two models on the prompt differ by at most {diff:.1e}; greedy tokens agree "
+        f"for the first {', '.join(agree)} (random weights give near-ties, where float rounding may pick another "
+        "token). "
+        f"transformers attention: `{hf.config._attn_implementation}`."
+    )
     return table, note
 
 
@@ -121,6 +169,7 @@ def run(quick: bool) -> str:
     small, gpt2_like = ((2, 2, 32), (2, 2, 64)) if quick else ((2, 2, 64), (6, 6, 384))
     recompute = cache_vs_recompute(lengths, 2 if not quick else 1, small)
     versus, note = versus_transformers(lengths, repeats, gpt2_like)
+    shape = f"{gpt2_like[0]} layers, {gpt2_like[1]} heads, {gpt2_like[2]} wide"
     return f"""## Generation
 
 Greedy decoding after a {PROMPT_LEN}-token prompt, batch 1, float32, {torch.get_num_threads()} torch thread(s).
@@ -130,7 +179,7 @@ Times are per whole generation (median ±spread over the repeats, contenders int
 
 {recompute}
 
-### gptlab vs transformers `generate` ({gpt2_like[0]} layers, {gpt2_like[1]} heads, {gpt2_like[2]} wide, 50,257-token vocabulary, same weights)
+### gptlab vs transformers `generate` ({shape}, 50,257-token vocabulary, same weights)
 
 {versus}
 

@@ -79,11 +79,10 @@ def throughput(args, device, results: Results, budget: Budget, scratch: Path) ->
 
     from benchmarks.common import interleaved, markdown_table
     from gptlab.config import ModelConfig, TrainConfig
-    from gptlab.device import autocast
+    from gptlab.device import autocast, peak_flops
     from gptlab.models import GPT
-    from gptlab.device import peak_flops
-    from gptlab.training.optim import build_optimizers
     from gptlab.models.info import flops_per_token
+    from gptlab.training.optim import build_optimizers
 
     if args.smoke:
         mc = ModelConfig(vocab_size=512, block_size=64, n_layer=2, n_head=2, n_embd=64, dropout=0.0)
@@ -112,15 +111,23 @@ def throughput(args, device, results: Results, budget: Budget, scratch: Path) ->
                 continue
             model = GPT(mc).to(device)
             runs[name] = (torch.compile(model) if compiled else model, build_optimizers(model, tc))
-        log(f"throughput: batch {batch_size}; timing {', '.join(runs)} in alternation ({repeats} x {steps} steps after an untimed warm-up that compiles)")
+        log(
+            f"throughput: batch {batch_size}; timing {', '.join(runs)} in alternation ({repeats} x {steps} steps "
+            "after an untimed warm-up that compiles)"
+        )
         sync = torch.cuda.synchronize if device.type == "cuda" else None
         timings = interleaved(
             {name: (lambda n=net, o=opt: train_steps(n, o, batches, steps, amp)) for name, (net, opt) in runs.items()},
-            repeats=repeats, warmup=1, sync=sync,
+            repeats=repeats,
+            warmup=1,
+            sync=sync,
         )
         return timings, flops_per_token(mc), model.num_params()
 
-    log(f"throughput: {mc.n_layer} layers, {mc.n_head} heads, {mc.n_embd} wide, block {mc.block_size}, vocab {mc.vocab_size}")
+    log(
+        f"throughput: {mc.n_layer} layers, {mc.n_head} heads, {mc.n_embd} wide, block {mc.block_size}, vocab "
+        f"{mc.vocab_size}"
+    )
     while True:
         try:
             timings, fpt, n_params = measure(batch_size)
@@ -140,21 +147,39 @@ def throughput(args, device, results: Results, budget: Budget, scratch: Path) ->
     for name, t in timings.items():
         tok_s = tokens / t.median
         mfu = fpt * tok_s / peak if peak else None
-        rows.append([name, f"{tok_s:,.0f}", f"±{100 * t.spread:.0f}%", f"{tok_s / eager_tok_s:.2f}", f"{100 * mfu:.1f}%" if mfu else "n/a (unknown peak)"])
-        data[name] = {"tokens_per_s": tok_s, "spread": t.spread, "mfu": mfu, "step_seconds": [s / steps for s in t.samples]}
+        rows.append(
+            [
+                name,
+                f"{tok_s:,.0f}",
+                f"±{100 * t.spread:.0f}%",
+                f"{tok_s / eager_tok_s:.2f}",
+                f"{100 * mfu:.1f}%" if mfu else "n/a (unknown peak)",
+            ]
+        )
+        data[name] = {
+            "tokens_per_s": tok_s,
+            "spread": t.spread,
+            "mfu": mfu,
+            "step_seconds": [s / steps for s in t.samples],
+        }
     sdpa = flash_status(device)
     markdown = (
         f"### Throughput, GPT-2 124M shapes\n\n"
         f"{mc.n_layer} layers, {mc.n_head} heads, {mc.n_embd} wide, block {mc.block_size}, vocab {mc.vocab_size} "
         f"({n_params / 1e6:.1f}M parameters without position embeddings), batch {batch_size}, "
         f"{'bf16 autocast' if dtype == 'bfloat16' else 'float32'}, SDPA ({sdpa}), AdamW (fused on CUDA), clip 1.0. "
-        f"Contenders timed in alternation, {repeats} repeats of {steps} steps after one untimed warm-up (which compiles). "
+        f"Contenders timed in alternation, {repeats} repeats of {steps} steps after one untimed warm-up (which "
+        "compiles). "
         f"MFU = tokens/s x {fpt / 1e6:.0f} MFLOP/token (6N + 12LHQT) / "
         + (f"peak {peak / 1e12:.0f} TFLOP/s (dense bf16)" if peak else "an unknown peak (pass --peak-tflops)")
         + ".\n\n"
         + markdown_table(["", "tokens/s (median)", "spread", "ratio vs eager", "MFU"], rows)
     )
-    results.add("throughput", markdown, {"throughput": {"batch_size": batch_size, "flops_per_token": fpt, "peak_flops": peak, "sdpa": sdpa, **data}})
+    results.add(
+        "throughput",
+        markdown,
+        {"throughput": {"batch_size": batch_size, "flops_per_token": fpt, "peak_flops": peak, "sdpa": sdpa, **data}},
+    )
     log(markdown)
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -201,12 +226,16 @@ def time_to_target(args, device, results: Results, budget: Budget, scratch: Path
     if device.type == "cpu":
         tc.dtype = "float32"
     compiled = tc.compile = not args.no_compile
-    log(f"target: preset {preset} ({mc.n_layer}/{mc.n_head}/{mc.n_embd}, block {mc.block_size}, batch {tc.batch_size}, "
+    log(
+        f"target: preset {preset} ({mc.n_layer}/{mc.n_head}/{mc.n_embd}, block {mc.block_size}, batch {tc.batch_size}, "
         f"dropout {mc.dropout}, {tc.max_iters} steps), {'compiled' if compiled else 'eager'}, until val <= {target}; "
-        f"{budget.left():.0f} s of budget left")
+        f"{budget.left():.0f} s of budget left"
+    )
 
     start = time.perf_counter()
-    trainer = Trainer(cfg, data, scratch / "run", SINGLE, device)  # gptlab's own step: model, optimizers, schedule, sampler
+    trainer = Trainer(
+        cfg, data, scratch / "run", SINGLE, device
+    )  # gptlab's own step: model, optimizers, schedule, sampler
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     train_seconds = eval_seconds = 0.0
     evals, reached, stop_reason = [], None, f"the preset's last step ({tc.max_iters})"
@@ -217,8 +246,12 @@ def time_to_target(args, device, results: Results, budget: Budget, scratch: Path
             t = time.perf_counter()
             val = estimate_loss(trainer.model, data, cfg, device, splits=("val",))["val"]
             eval_seconds += time.perf_counter() - t
-            evals.append({"step": step, "val_loss": val, "wall_s": time.perf_counter() - start, "train_s": train_seconds})
-            log(f"target: step {step}: val {val:.4f} (wall {evals[-1]['wall_s']:.0f} s, training {train_seconds:.0f} s)")
+            evals.append(
+                {"step": step, "val_loss": val, "wall_s": time.perf_counter() - start, "train_s": train_seconds}
+            )
+            log(
+                f"target: step {step}: val {val:.4f} (wall {evals[-1]['wall_s']:.0f} s, training {train_seconds:.0f} s)"
+            )
             if val <= target:
                 reached = evals[-1]
                 stop_reason = f"val {val:.4f} <= {target}"
@@ -238,23 +271,38 @@ def time_to_target(args, device, results: Results, budget: Budget, scratch: Path
     wall = time.perf_counter() - start
     tokens = step * tc.batch_size * mc.block_size
     result = {
-        "preset": preset, "compiled": compiled, "target": target, "steps": step, "stopped_at": stop_reason,
-        "wall_s": wall, "train_s": train_seconds, "eval_s": eval_seconds,
-        "tokens_per_s": tokens / train_seconds if train_seconds else None, "evals": evals, "reached": reached,
+        "preset": preset,
+        "compiled": compiled,
+        "target": target,
+        "steps": step,
+        "stopped_at": stop_reason,
+        "wall_s": wall,
+        "train_s": train_seconds,
+        "eval_s": eval_seconds,
+        "tokens_per_s": tokens / train_seconds if train_seconds else None,
+        "evals": evals,
+        "reached": reached,
     }
     if reached:
-        verdict = (f"val loss {reached['val_loss']:.4f} <= {target} at step {reached['step']}: "
-                   f"**{reached['wall_s']:.0f} s wall** (compile, evaluation and data included; "
-                   f"{reached['train_s']:.0f} s of training steps). nanoGPT: about 180 s on an A100.")
+        verdict = (
+            f"val loss {reached['val_loss']:.4f} <= {target} at step {reached['step']}: "
+            f"**{reached['wall_s']:.0f} s wall** (compile, evaluation and data included; "
+            f"{reached['train_s']:.0f} s of training steps). nanoGPT: about 180 s on an A100."
+        )
     else:
-        verdict = f"val loss {target} NOT reached: stopped at step {step} by {stop_reason}; best val {min(e['val_loss'] for e in evals):.4f}."
+        best = min(e["val_loss"] for e in evals)
+        verdict = f"val loss {target} NOT reached: stopped at step {step} by {stop_reason}; best val {best:.4f}."
     markdown = (
         f"### Time to val loss {target}, `{preset}` preset\n\n"
-        f"{mc.n_layer} layers, {mc.n_head} heads, {mc.n_embd} wide, block {mc.block_size}, batch {tc.batch_size}, dropout {mc.dropout}, "
-        f"lr {tc.learning_rate:g} cosine to {tc.min_lr:g} over {tc.max_iters} steps, {'bf16 autocast' if tc.dtype != 'float32' else 'float32'}, "
-        f"{'torch.compile' if compiled else 'eager'}; val loss on {tc.eval_iters} batches every {tc.eval_interval} steps. "
+        f"{mc.n_layer} layers, {mc.n_head} heads, {mc.n_embd} wide, block {mc.block_size}, batch {tc.batch_size}, "
+        f"dropout {mc.dropout}, "
+        f"lr {tc.learning_rate:g} cosine to {tc.min_lr:g} over {tc.max_iters} steps, "
+        f"{'bf16 autocast' if tc.dtype != 'float32' else 'float32'}, "
+        f"{'torch.compile' if compiled else 'eager'}; val loss on {tc.eval_iters} batches every {tc.eval_interval} "
+        "steps. "
         f"Tiny Shakespeare char, split 90/10 by position as nanoGPT.\n\n{verdict} "
-        f"Training ran at {result['tokens_per_s'] or 0:,.0f} tokens/s; {step} steps, {wall:.0f} s wall in all, {eval_seconds:.0f} s of it evaluating.\n\n"
+        f"Training ran at {result['tokens_per_s'] or 0:,.0f} tokens/s; {step} steps, {wall:.0f} s wall in all, "
+        f"{eval_seconds:.0f} s of it evaluating.\n\n"
         "| step | val loss | wall s | training s |\n|---|---|---|---|\n"
         + "\n".join(f"| {e['step']} | {e['val_loss']:.4f} | {e['wall_s']:.0f} | {e['train_s']:.0f} |" for e in evals)
     )
@@ -264,21 +312,46 @@ def time_to_target(args, device, results: Results, budget: Budget, scratch: Path
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu", description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help=f"Tiny Shakespeare text file (default {DEFAULT_DATA})")
-    parser.add_argument("--out", type=Path, required=True, help="directory for results and scratch files (nothing is written elsewhere)")
-    parser.add_argument("--max-seconds", type=float, default=540, help="the whole run's time budget; the target part stops when it runs out (default 540)")
-    parser.add_argument("--parts", default="throughput,target", help="comma-separated: throughput, target (default both)")
-    parser.add_argument("--batch-size", type=int, default=16, help="throughput micro-batch at GPT-2 124M shapes (halved on out-of-memory)")
-    parser.add_argument("--peak-tflops", type=float, help="the GPU's dense bf16 peak for MFU when its name is not known")
-    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (throughput: eager only; target: eager)")
-    parser.add_argument("--smoke", action="store_true", help="tiny shapes and a few steps; runs on CPU: checks the script, not the GPU")
+    parser.add_argument(
+        "--data", type=Path, default=DEFAULT_DATA, help=f"Tiny Shakespeare text file (default {DEFAULT_DATA})"
+    )
+    parser.add_argument(
+        "--out", type=Path, required=True, help="directory for results and scratch files (nothing is written elsewhere)"
+    )
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=540,
+        help="the whole run's time budget; the target part stops when it runs out (default 540)",
+    )
+    parser.add_argument(
+        "--parts", default="throughput,target", help="comma-separated: throughput, target (default both)"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=16,
+        help="throughput micro-batch at GPT-2 124M shapes (halved on out-of-memory)",
+    )
+    parser.add_argument(
+        "--peak-tflops", type=float, help="the GPU's dense bf16 peak for MFU when its name is not known"
+    )
+    parser.add_argument(
+        "--no-compile", action="store_true", help="skip torch.compile (throughput: eager only; target: eager)"
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny shapes and a few steps; runs on CPU: checks the script, not the GPU"
+    )
     parser.add_argument("--keep-scratch", action="store_true", help="keep OUT/scratch (prepared data, compiler caches)")
     args = parser.parse_args(argv)
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     if not parts or any(p not in ("throughput", "target") for p in parts):
         parser.error(f"--parts takes throughput and/or target, got {args.parts!r}")
     if "target" in parts and not args.data.is_file():
-        parser.error(f"Tiny Shakespeare not found at {args.data}; pass --data PATH (on a machine without ../shared, copy the file into the checkout first)")
+        parser.error(
+            f"Tiny Shakespeare not found at {args.data}; pass --data PATH (on a machine without ../shared, copy the "
+            "file into the checkout first)"
+        )
 
     budget = Budget(args.max_seconds)
     import torch
@@ -291,8 +364,11 @@ def main(argv: list[str] | None = None) -> int:
     elif args.smoke:
         device = torch.device("cpu")
     else:
-        print("benchmarks.gpu: no CUDA GPU visible to torch (torch.cuda.is_available() is False); "
-              "run it on a GPU machine, or pass --smoke to check the script on CPU", file=sys.stderr)
+        print(
+            "benchmarks.gpu: no CUDA GPU visible to torch (torch.cuda.is_available() is False); "
+            "run it on a GPU machine, or pass --smoke to check the script on CPU",
+            file=sys.stderr,
+        )
         return 2
     scratch = args.out / "scratch"
     scratch.mkdir(parents=True, exist_ok=True)
@@ -312,13 +388,19 @@ def main(argv: list[str] | None = None) -> int:
             except Exception:
                 failed.append(part)
                 log(f"benchmarks.gpu: part {part} FAILED:\n{traceback.format_exc()}")
-                results.add(part, f"### {part}: FAILED\n\n```\n{traceback.format_exc(limit=-3)}```", {part: {"failed": traceback.format_exc()}})
+                results.add(
+                    part,
+                    f"### {part}: FAILED\n\n```\n{traceback.format_exc(limit=-3)}```",
+                    {part: {"failed": traceback.format_exc()}},
+                )
     finally:
         if not args.keep_scratch:
             shutil.rmtree(scratch, ignore_errors=True)
     log("\n" + results.markdown())
-    log(f"benchmarks.gpu: done in {args.max_seconds - budget.left():.0f} s; results in {args.out}/results.md and results.json"
-        + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    log(
+        f"benchmarks.gpu: done in {args.max_seconds - budget.left():.0f} s; results in {args.out}/results.md and "
+        "results.json" + (f"; FAILED: {', '.join(failed)}" if failed else "")
+    )
     return 1 if failed else 0
 
 

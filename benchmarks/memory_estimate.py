@@ -23,12 +23,16 @@ from benchmarks.common import machine_line, markdown_table  # noqa: E402
 
 CONFIGS = {
     # name: overrides of the tiny preset
-    "4L 128w T64 B12 (shakespeare-char-cpu)": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, vocab_size=65),
+    "4L 128w T64 B12 (shakespeare-char-cpu)": dict(
+        n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, vocab_size=65
+    ),
     "6L 384w T256 B16": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=16, vocab_size=65),
-    "6L 384w T256 B16, manual attention": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=16, vocab_size=65,
-                                               attention="manual"),
-    "12L 768w T256 B4 V50304 (GPT-2 small)": dict(n_layer=12, n_head=12, n_embd=768, block_size=256, batch_size=4,
-                                                  vocab_size=50304),
+    "6L 384w T256 B16, manual attention": dict(
+        n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=16, vocab_size=65, attention="manual"
+    ),
+    "12L 768w T256 B4 V50304 (GPT-2 small)": dict(
+        n_layer=12, n_head=12, n_embd=768, block_size=256, batch_size=4, vocab_size=50304
+    ),
 }
 MiB = 2**20
 
@@ -68,8 +72,13 @@ def measure(overrides: dict, device_name: str) -> dict:
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     est = training_memory(cfg, cfg.train.batch_size)
-    return {"measured": peak - before, "estimate": est["total"], "state": est["total"] - est["activations"],
-            "activations": est["activations"], "params": est["weights"] // 4}
+    return {
+        "measured": peak - before,
+        "estimate": est["total"],
+        "state": est["total"] - est["activations"],
+        "activations": est["activations"],
+        "params": est["weights"] // 4,
+    }
 
 
 def main() -> None:
@@ -82,14 +91,39 @@ def main() -> None:
         return
     rows = []
     for name in CONFIGS:
-        out = subprocess.run([sys.executable, __file__, "--device", args.device, "--one", name],
-                             capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            [sys.executable, __file__, "--device", args.device, "--one", name],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         r = json.loads(out.strip().splitlines()[-1])
-        rows.append([name, f"{r['params'] / 1e6:.2f}M", f"{r['state'] / MiB:,.0f}", f"{r['activations'] / MiB:,.0f}",
-                     f"{r['estimate'] / MiB:,.0f}", f"{r['measured'] / MiB:,.0f}", f"{r['estimate'] / r['measured']:.2f}"])
+        rows.append(
+            [
+                name,
+                f"{r['params'] / 1e6:.2f}M",
+                f"{r['state'] / MiB:,.0f}",
+                f"{r['activations'] / MiB:,.0f}",
+                f"{r['estimate'] / MiB:,.0f}",
+                f"{r['measured'] / MiB:,.0f}",
+                f"{r['estimate'] / r['measured']:.2f}",
+            ]
+        )
     print(f"machine: {machine_line()}; device {args.device}\n")
-    print(markdown_table(["config", "params", "state MiB (est.)", "activations MiB (est.)", "estimate MiB",
-                          "measured peak MiB", "estimate / measured"], rows))
+    print(
+        markdown_table(
+            [
+                "config",
+                "params",
+                "state MiB (est.)",
+                "activations MiB (est.)",
+                "estimate MiB",
+                "measured peak MiB",
+                "estimate / measured",
+            ],
+            rows,
+        )
+    )
 
 
 if __name__ == "__main__":

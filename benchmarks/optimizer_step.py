@@ -26,7 +26,9 @@ def make_step(cfg, device, optimizer: str, fused: bool):
     optimizers = build_optimizers(model, cfg.train)
     if not fused:  # the same groups through the foreach (unfused) AdamW
         groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in optimizers[-1].param_groups]
-        optimizers[-1] = torch.optim.AdamW(groups, lr=cfg.train.learning_rate, betas=(cfg.train.beta1, cfg.train.beta2), foreach=True)
+        optimizers[-1] = torch.optim.AdamW(
+            groups, lr=cfg.train.learning_rate, betas=(cfg.train.beta1, cfg.train.beta2), foreach=True
+        )
     x = torch.randint(0, cfg.model.vocab_size, (cfg.train.batch_size, cfg.model.block_size), device=device)
 
     def step():
@@ -58,10 +60,20 @@ def main() -> None:
     timings = interleaved(fns, repeats=args.repeats, sync=sync)
     base = timings["adamw (fused)"].median
     print(machine_line())
-    print(f"{args.preset}, batch {cfg.train.batch_size} x block {cfg.model.block_size}, {torch.get_num_threads()} threads; "
-          f"5 steps per sample, {args.repeats} samples, interleaved")
-    print(markdown_table(["optimizer", "median ms/step", "spread", "vs fused adamw"],
-                         [[name, f"{t.median / 5 * 1e3:.1f}", f"±{100 * t.spread:.0f}%", f"{t.median / base:.2f}x"] for name, t in timings.items()]))
+    print(
+        f"{args.preset}, batch {cfg.train.batch_size} x block {cfg.model.block_size}, {torch.get_num_threads()} "
+        "threads; "
+        f"5 steps per sample, {args.repeats} samples, interleaved"
+    )
+    print(
+        markdown_table(
+            ["optimizer", "median ms/step", "spread", "vs fused adamw"],
+            [
+                [name, f"{t.median / 5 * 1e3:.1f}", f"±{100 * t.spread:.0f}%", f"{t.median / base:.2f}x"]
+                for name, t in timings.items()
+            ],
+        )
+    )
 
 
 if __name__ == "__main__":

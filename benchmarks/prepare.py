@@ -8,8 +8,9 @@ Contenders, each a fresh process on the same file:
   tiktoken  the loop one would write by hand: read ~1 MB of whole lines, encode_ordinary, append uint16 ids
             to a file; one process.
 CPU seconds (user + system, the process and its workers) tell what a run costs when, as on a
-shared machine, other load takes the cores. Peak memory is the largest sum of resident memory (VmRSS) over the process and all its children,
-sampled every 0.1 s from /proc, and, as a cross-check, the largest single-process peak (VmHWM).
+shared machine, other load takes the cores. Peak memory is the largest sum of resident memory (VmRSS)
+over the process and all its children, sampled every 0.1 s from /proc, and, as a cross-check, the largest
+single-process peak (VmHWM).
 The text: lines of the bundled Shakespeare corpus in a seeded random order, repeated to size.
 """
 
@@ -18,8 +19,8 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import subprocess
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -136,11 +137,34 @@ def run_benchmark(size_mb: int, repeats: int, scratch: Path, tokenizer_file: Pat
     py = sys.executable
     fns = {
         "prepare": lambda: run_measured(
-            [py, "-m", "gptlab", "prepare", str(text), "--out", str(scratch / "data"), "--overwrite",
-             "--tokenizer", "gpt2", "--tokenizer-file", str(tokenizer_file)], records["prepare"]),
+            [
+                py,
+                "-m",
+                "gptlab",
+                "prepare",
+                str(text),
+                "--out",
+                str(scratch / "data"),
+                "--overwrite",
+                "--tokenizer",
+                "gpt2",
+                "--tokenizer-file",
+                str(tokenizer_file),
+            ],
+            records["prepare"],
+        ),
         "tiktoken": lambda: run_measured(
-            [py, "-m", "benchmarks.prepare", "--baseline", str(text), str(tokenizer_file), str(scratch / "baseline.bin")],
-            records["tiktoken"]),
+            [
+                py,
+                "-m",
+                "benchmarks.prepare",
+                "--baseline",
+                str(text),
+                str(tokenizer_file),
+                str(scratch / "baseline.bin"),
+            ],
+            records["tiktoken"],
+        ),
     }
     load_before = os.getloadavg()
     timings = interleaved(fns, repeats=repeats, warmup=0)
@@ -148,19 +172,38 @@ def run_benchmark(size_mb: int, repeats: int, scratch: Path, tokenizer_file: Pat
     rows = []
     for name, timing in timings.items():
         r = records[name]
-        rows.append([name, str(timing), f"{mb / timing.median:.2f}", f"{statistics.median(r['cpu_seconds']):.1f}",
-                     f"{max(r['peak_tree_rss']) / 2**20:.0f}", f"{max(r['max_process_rss']) / 2**20:.0f}"])
+        rows.append(
+            [
+                name,
+                str(timing),
+                f"{mb / timing.median:.2f}",
+                f"{statistics.median(r['cpu_seconds']):.1f}",
+                f"{max(r['peak_tree_rss']) / 2**20:.0f}",
+                f"{max(r['max_process_rss']) / 2**20:.0f}",
+            ]
+        )
     ratio = timings["tiktoken"].median / timings["prepare"].median
-    return "\n".join([
-        f"machine: {machine_line()}",
-        f"file: {mb:,.0f} MB ({text}); repeats {repeats}, interleaved; "
-        f"load average before {load_before[0]:.1f}, after {load_after[0]:.1f} (1-min)",
-        markdown_table(["contender", "wall (median ±spread)", "MB/s", "CPU s (median)", "peak RSS, all processes (MiB)",
-                        "peak RSS, largest process (MiB)"], rows),
-        f"prepare's throughput is {ratio:.2f}x the single-process tiktoken loop's",
-        "prepare said: " + records["prepare"]["output"].strip().splitlines()[0],
-        "tiktoken loop said: " + records["tiktoken"]["output"].strip().splitlines()[-1],
-    ])
+    return "\n".join(
+        [
+            f"machine: {machine_line()}",
+            f"file: {mb:,.0f} MB ({text}); repeats {repeats}, interleaved; "
+            f"load average before {load_before[0]:.1f}, after {load_after[0]:.1f} (1-min)",
+            markdown_table(
+                [
+                    "contender",
+                    "wall (median ±spread)",
+                    "MB/s",
+                    "CPU s (median)",
+                    "peak RSS, all processes (MiB)",
+                    "peak RSS, largest process (MiB)",
+                ],
+                rows,
+            ),
+            f"prepare's throughput is {ratio:.2f}x the single-process tiktoken loop's",
+            "prepare said: " + records["prepare"]["output"].strip().splitlines()[0],
+            "tiktoken loop said: " + records["tiktoken"]["output"].strip().splitlines()[-1],
+        ]
+    )
 
 
 def run(quick: bool) -> str:
@@ -180,7 +223,9 @@ def run(quick: bool) -> str:
             blocks, table = blocks + ["\n".join(table)], []
         blocks.append(line)
     blocks += ["\n".join(table)] if table else []
-    return f"## Prepare in the suite: {size_mb} MB, gptlab prepare vs a single-process tiktoken loop\n\n" + "\n\n".join(blocks)
+    return f"## Prepare in the suite: {size_mb} MB, gptlab prepare vs a single-process tiktoken loop\n\n" + "\n\n".join(
+        blocks
+    )
 
 
 def main() -> None:

@@ -119,19 +119,26 @@ def run(quick: bool) -> str:
         gen = torch.Generator().manual_seed(tc.seed)
         batches = [data.get_batch("train", tc.batch_size, mc.block_size, gen, device) for _ in range(max_steps)]
         val_gen = torch.Generator().manual_seed(tc.seed + 1)
-        val_batches = [data.get_batch("val", tc.batch_size, mc.block_size, val_gen, device) for _ in range(eval_batches)]
+        val_batches = [
+            data.get_batch("val", tc.batch_size, mc.block_size, val_gen, device) for _ in range(eval_batches)
+        ]
 
-        with_bias = gptlab_contender(dataclasses.replace(cfg, model=dataclasses.replace(mc, bias=True)), data, Path(tmp) / "run", device)
+        with_bias = gptlab_contender(
+            dataclasses.replace(cfg, model=dataclasses.replace(mc, bias=True)), data, Path(tmp) / "run", device
+        )
         contenders = {
             "gptlab (with biases, as transformers)": with_bias,
             f"gptlab ({PRESET} as shipped: no biases)": gptlab_contender(cfg, data, Path(tmp) / "run", device),
             f"{REFERENCE} GPT2LMHeadModel": transformers_contender(
-                transformers_twin(with_bias.model, data.meta["tokenizer"]["eot_id"]), tc, batches),
+                transformers_twin(with_bias.model, data.meta["tokenizer"]["eot_id"]), tc, batches
+            ),
         }
         return race(contenders, max_steps, chunk, target, val_batches, quick, mc, tc)
 
 
-def race(contenders: dict[str, Contender], max_steps: int, chunk: int, target: float, val_batches, quick: bool, mc, tc) -> str:
+def race(
+    contenders: dict[str, Contender], max_steps: int, chunk: int, target: float, val_batches, quick: bool, mc, tc
+) -> str:
     """Advance every contender chunk by chunk in alternation; evaluate after each chunk (untimed)."""
     order = list(contenders)
     for first in range(0, max_steps, chunk):
@@ -149,7 +156,11 @@ def race(contenders: dict[str, Contender], max_steps: int, chunk: int, target: f
             if c.reached is None and loss <= target:
                 c.reached = (first + chunk, c.train_seconds)
         order.reverse()  # a, b, c, c, b, a, ...: no contender always runs right after the evaluation
-        print(f"  training: step {first + chunk}: " + ", ".join(f"{c.val_losses[-1][1]:.3f}" for c in contenders.values()), file=sys.stderr)
+        print(
+            f"  training: step {first + chunk}: "
+            + ", ".join(f"{c.val_losses[-1][1]:.3f}" for c in contenders.values()),
+            file=sys.stderr,
+        )
         if all(c.reached for c in contenders.values()) and first + chunk >= 4 * chunk:
             break
     return report(contenders, mc, tc, chunk, target, len(val_batches))
@@ -165,7 +176,9 @@ def report(contenders: dict[str, Contender], mc, tc, chunk: int, target: float, 
         timing = Timing(c.chunk_seconds)
         tok_s = tokens_per_chunk / timing.median
         rows.append([name, f"{tok_s:,.0f}", f"±{100 * timing.spread:.0f}%", f"{tok_s / ref_tok_s:.2f}"])
-    throughput = markdown_table(["training loop", "tokens/s (median)", "spread", f"tokens/s ratio vs {REFERENCE}"], rows)
+    throughput = markdown_table(
+        ["training loop", "tokens/s (median)", "spread", f"tokens/s ratio vs {REFERENCE}"], rows
+    )
 
     rows = []
     for name, c in contenders.items():
@@ -176,7 +189,14 @@ def report(contenders: dict[str, Contender], mc, tc, chunk: int, target: float, 
         else:
             rows.append([name, f"not within {last_step}", "-", "-", f"{last_loss:.3f} (step {last_step})"])
     to_target = markdown_table(
-        ["training loop", f"steps to val ≤ {target}", "training seconds", f"time ratio vs {REFERENCE}", "last val loss"], rows
+        [
+            "training loop",
+            f"steps to val ≤ {target}",
+            "training seconds",
+            f"time ratio vs {REFERENCE}",
+            "last val loss",
+        ],
+        rows,
     )
     samples = len(ref.chunk_seconds)
     return f"""## Training: gptlab vs transformers GPT2LMHeadModel
@@ -184,16 +204,17 @@ def report(contenders: dict[str, Contender], mc, tc, chunk: int, target: float, 
 Identical work: the `{PRESET}` shapes ({mc.n_layer} layers, {mc.n_head} heads, {mc.n_embd} wide,
 block {mc.block_size}, batch {tc.batch_size}, vocab {mc.vocab_size}), Tiny Shakespeare char tokens, the same
 batches in the same order, AdamW with gptlab's parameter groups (lr {tc.learning_rate:g} with {tc.warmup_iters} warmup
-steps, then {tc.lr_schedule} decay to {tc.min_lr:g} by step {tc.max_iters}, betas ({tc.beta1}, {tc.beta2}), weight decay {tc.weight_decay} on matrices,
-clip {tc.grad_clip}), float32 on CPU, transformers with `attn_implementation="sdpa"` and
-`gelu_new` starting from a copy of gptlab's initial weights; gptlab steps with its own
+steps, then {tc.lr_schedule} decay to {tc.min_lr:g} by step {tc.max_iters}, betas ({tc.beta1}, {tc.beta2}),
+weight decay {tc.weight_decay} on matrices, clip {tc.grad_clip}), float32 on CPU, transformers with
+`attn_implementation="sdpa"` and `gelu_new` starting from a copy of gptlab's initial weights; gptlab steps with its own
 `Trainer.train_step`, transformers with a plain loop. The loops run in alternating chunks of
 {chunk} steps (first chunk discarded as warm-up); one tokens/s sample per chunk, {samples} samples each.
 
 {throughput}
 
 Tokens/s ratio above 1.0: gptlab trains faster than the transformers loop.
-Val loss after every chunk (not timed), on the same {eval_batches} fixed val batches of {tc.batch_size}×{mc.block_size} tokens:
+Val loss after every chunk (not timed), on the same {eval_batches} fixed val batches
+of {tc.batch_size}×{mc.block_size} tokens:
 
 {to_target}
 
@@ -214,7 +235,10 @@ def profile(steps: int = 10) -> None:
     ours = GPT(mc)
     gen = torch.Generator().manual_seed(tc.seed)
     x, y = (torch.randint(mc.vocab_size, (tc.batch_size, mc.block_size), generator=gen) for _ in "xy")
-    for name, model, loss_fn in (("gptlab", ours, gptlab_loss), (REFERENCE, transformers_twin(ours, mc.vocab_size - 1), transformers_loss)):
+    for name, model, loss_fn in (
+        ("gptlab", ours, gptlab_loss),
+        (REFERENCE, transformers_twin(ours, mc.vocab_size - 1), transformers_loss),
+    ):
         optimizers = build_optimizers(model, tc)
 
         def step():
@@ -236,8 +260,14 @@ def profile(steps: int = 10) -> None:
 if __name__ == "__main__":
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.training", description="gptlab vs transformers training loop")
-    parser.add_argument("--profile", action="store_true", help="print torch.profiler's top operators for each loop (else: run the benchmark)")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.training", description="gptlab vs transformers training loop"
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="print torch.profiler's top operators for each loop (else: run the benchmark)",
+    )
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.profile:

@@ -19,14 +19,15 @@ from pathlib import Path
 
 import torch
 
+from gptlab.checkpoint import load_checkpoint
 from gptlab.config import build_config, preset_names
-from gptlab.data.prepare import prepare, read_meta
+from gptlab.data.format import read_meta
+from gptlab.data.prepare import prepare
 from gptlab.device import setup_device
 from gptlab.evaluation import inspect
 from gptlab.evaluation.eval import evaluate_ids, split_ids
 from gptlab.evaluation.report import throughput
 from gptlab.generation.generate import generate
-from gptlab.training.checkpoint import load_checkpoint
 from gptlab.training.metrics import read_metrics
 from gptlab.training.trainer import train
 
@@ -45,7 +46,10 @@ def replace_block(text: str, name: str, body: str) -> str:
 
 
 def table(rows, header) -> str:
-    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
+    return "\n".join(
+        ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        + ["| " + " | ".join(map(str, r)) + " |" for r in rows]
+    )
 
 
 def train_run(name: str, preset: str, overrides: dict, data: Path, work: Path, reuse: bool) -> Path:
@@ -57,9 +61,16 @@ def train_run(name: str, preset: str, overrides: dict, data: Path, work: Path, r
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iters", type=int, default=1000, help="training iterations of the guide's GPT (the preset's 2000 halved: about a minute on a laptop CPU)")
+    parser.add_argument(
+        "--iters",
+        type=int,
+        default=1000,
+        help="training iterations of the guide's GPT (the preset's 2000 halved: about a minute on a laptop CPU)",
+    )
     parser.add_argument("--work", type=Path, default=Path("build/guide"), help="where data and runs go (not committed)")
-    parser.add_argument("--reuse", action="store_true", help="keep the runs already in --work (to redraw after editing the prose)")
+    parser.add_argument(
+        "--reuse", action="store_true", help="keep the runs already in --work (to redraw after editing the prose)"
+    )
     args = parser.parse_args()
     setup_device(torch.device("cpu"))
     work, data = args.work, args.work / "data"
@@ -82,18 +93,22 @@ def main() -> None:
         f"({s['val_chars']:,} characters), split by whole document. Vocabulary: {tok.vocab_size} tokens "
         f"({tok.vocab_size - 1} distinct characters and `<|endoftext|>` = id {tok.eot_id})."
     )
-    blocks["tokens"] = "```text\n" + "\n".join(
-        f"{inspect.token_label(gpt, i)!s:>4} -> {i}" for i in ids[:12]
-    ) + f"\n ... ({len(ids)} tokens for {len(PROMPT)} characters)\n```"
+    blocks["tokens"] = (
+        "```text\n"
+        + "\n".join(f"{inspect.token_label(gpt, i)!s:>4} -> {i}" for i in ids[:12])
+        + f"\n ... ({len(ids)} tokens for {len(PROMPT)} characters)\n```"
+    )
 
     cfg = gpt.config
     speed = throughput(read_metrics(gpt_dir), cfg.to_dict())
     blocks["model"] = (
         f"The guide's model: preset `{PRESET}` - {cfg.model.n_layer} layers, {cfg.model.n_head} heads, "
-        f"n_embd {cfg.model.n_embd} (d_head = {cfg.model.n_embd // cfg.model.n_head}), block_size {cfg.model.block_size}, "
+        f"n_embd {cfg.model.n_embd} (d_head = {cfg.model.n_embd // cfg.model.n_head}), block_size "
+        f"{cfg.model.block_size}, "
         f"{gpt.model.num_params():,} parameters without the position table; trained {cfg.train.max_iters} steps of "
         f"{cfg.train.batch_size} x {cfg.model.block_size} tokens in {speed['seconds']:.0f} s of training "
-        f"({speed['median_tokens_per_s']:,.0f} tokens/s, evaluation excluded) on this machine's CPU (torch threads: {torch.get_num_threads()})."
+        f"({speed['median_tokens_per_s']:,.0f} tokens/s, evaluation excluded) on this machine's CPU (torch threads: "
+        f"{torch.get_num_threads()})."
     )
 
     # pictures
@@ -111,16 +126,30 @@ def main() -> None:
         result, losses, positions = evaluate_ids(ckpt, val_ids, val_name, val_size)
         if name == "GPT":
             gpt_result = result
-            inspect.plot_position_loss(losses, positions, cfg.model.block_size, IMAGES / "position_loss.png", "GPT: loss by position on the val split")
+            inspect.plot_position_loss(
+                losses,
+                positions,
+                cfg.model.block_size,
+                IMAGES / "position_loss.png",
+                "GPT: loss by position on the val split",
+            )
             by_position, _ = inspect.position_loss(losses, positions, cfg.model.block_size)
             half = cfg.model.block_size // 2
             blocks["position"] = (
                 f"The GPT's loss is {by_position[0]:.3f} nats/token at position 0 (one character of context), "
-                f"{by_position[1:8].mean():.3f} over positions 1-7 and {by_position[half:].mean():.3f} over positions {half}-{cfg.model.block_size - 1}."
+                f"{by_position[1:8].mean():.3f} over positions 1-7 and {by_position[half:].mean():.3f} over positions "
+                f"{half}-{cfg.model.block_size - 1}."
             )
-        rows.append((name, f"{ckpt.model.num_params():,}" if hasattr(ckpt.model, "num_params") else "",
-                     f"{result.loss:.4f} ± {result.loss_ci:.4f}", f"{result.perplexity:.2f}",
-                     f"{result.bits_per_char:.3f}", f"{result.bits_per_byte:.3f} ± {result.per_byte_ci():.3f}"))
+        rows.append(
+            (
+                name,
+                f"{ckpt.model.num_params():,}" if hasattr(ckpt.model, "num_params") else "",
+                f"{result.loss:.4f} ± {result.loss_ci:.4f}",
+                f"{result.perplexity:.2f}",
+                f"{result.bits_per_char:.3f}",
+                f"{result.bits_per_byte:.3f} ± {result.per_byte_ci():.3f}",
+            )
+        )
     blocks["eval"] = (
         f"The whole val split ({gpt_result.tokens:,} tokens, {gpt_result.bytes:,} bytes), best checkpoint of each run, "
         "`gptlab eval` (± = 95% interval, 1.96 x std / sqrt(tokens)):\n\n"
@@ -133,8 +162,13 @@ def main() -> None:
     # sampling
     probs = inspect.next_token_distribution(gpt, PROMPT)
     top = probs.topk(3)
-    blocks["next"] = "After the prompt the three most likely next characters are " + ", ".join(
-        f"`{inspect.token_label(gpt, int(i))}` ({p:.0%})" for p, i in zip(top.values.tolist(), top.indices.tolist())) + "."
+    blocks["next"] = (
+        "After the prompt the three most likely next characters are "
+        + ", ".join(
+            f"`{inspect.token_label(gpt, int(i))}` ({p:.0%})" for p, i in zip(top.values.tolist(), top.indices.tolist())
+        )
+        + "."
+    )
     samples = []
     for temperature in (0.5, 1.0):
         gen = torch.Generator().manual_seed(1)

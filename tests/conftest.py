@@ -45,7 +45,9 @@ def tiny_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny_run")
     (root / "corpus.txt").write_text(small_corpus())
     prepare([str(root / "corpus.txt")], root / "data")
-    cfg = build_config("tiny", {"max_iters": 60, "eval_interval": 20, "eval_iters": 2, "log_interval": 10, "device": "cpu"})
+    cfg = build_config(
+        "tiny", {"max_iters": 60, "eval_interval": 20, "eval_iters": 2, "log_interval": 10, "device": "cpu"}
+    )
     train(cfg, root / "data", root / "run", progress=False)
     return root / "run"
 

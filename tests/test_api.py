@@ -3,11 +3,11 @@ import sys
 
 import pytest
 
+from gptlab.checkpoint import save_checkpoint
 from gptlab.cli import main
 from gptlab.config import RunConfig
 from gptlab.errors import GptlabError
 from gptlab.generation import TextGenerator, load
-from gptlab.training.checkpoint import save_checkpoint
 
 
 @pytest.fixture
@@ -23,7 +23,9 @@ def test_load_then_generate_and_stream(checkpoint, char_textgen):
     lm = load(checkpoint, device="cpu", max_new_tokens=25, temperature=1.0)
     assert isinstance(lm, TextGenerator) and lm.settings.max_new_tokens == 25
     text = lm.generate("ROMEO:", seed=4)
-    assert text == char_textgen.generate("ROMEO:", max_new_tokens=25, temperature=1.0, seed=4)  # same weights, same text
+    assert text == char_textgen.generate(
+        "ROMEO:", max_new_tokens=25, temperature=1.0, seed=4
+    )  # same weights, same text
     pieces = list(lm.stream("ROMEO:", seed=4))
     assert "".join(pieces) == text and len(pieces) > 1
     batch = lm.generate_batch("ROMEO:", 3, seed=4)

@@ -26,7 +26,20 @@ from gptlab.config import build_config
 from gptlab.data.prepare import prepare
 from gptlab.training.trainer import train
 
-TINY = ["--preset", "tiny", "--max_iters", "2", "--eval_interval", "1", "--eval_iters", "1", "--sample_tokens", "0", "--device", "cpu"]
+TINY = [
+    "--preset",
+    "tiny",
+    "--max_iters",
+    "2",
+    "--eval_interval",
+    "1",
+    "--eval_iters",
+    "1",
+    "--sample_tokens",
+    "0",
+    "--device",
+    "cpu",
+]
 
 
 @dataclass
@@ -42,9 +55,13 @@ def shared(tmp_path_factory):
     root = tmp_path_factory.mktemp("shared")
     corpus = root / "corpus.txt"
     words = "the king and queen of denmark speak with a ghost upon the castle walls at night".split()
-    corpus.write_text("\n".join(" ".join(words[(i * 3 + j) % len(words)] for j in range(5 + i % 7)) for i in range(300)) + "\n")
+    corpus.write_text(
+        "\n".join(" ".join(words[(i * 3 + j) % len(words)] for j in range(5 + i % 7)) for i in range(300)) + "\n"
+    )
     prepare([str(corpus)], root / "data")
-    cfg = build_config("tiny", {"max_iters": 2, "eval_interval": 1, "eval_iters": 1, "sample_tokens": 0, "device": "cpu"})
+    cfg = build_config(
+        "tiny", {"max_iters": 2, "eval_interval": 1, "eval_iters": 1, "sample_tokens": 0, "device": "cpu"}
+    )
     train(cfg, root / "data", root / "run", progress=False)
     return root
 
@@ -155,7 +172,18 @@ def val_split_empty(ws):
 
 def batch_larger_than_data(ws):
     data = prepared_from(ws, "the quick brown fox jumps over the lazy dog. " * 10)  # val: ~45 tokens
-    return ["train", "--data", str(data), "--out", str(ws.case / "run"), *TINY, "--block_size", "16", "--batch_size", "64"]
+    return [
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(ws.case / "run"),
+        *TINY,
+        "--block_size",
+        "16",
+        "--batch_size",
+        "64",
+    ]
 
 
 def unknown_preset(ws):
@@ -210,8 +238,20 @@ def n_embd_not_divisible(ws):
 
 
 def will_not_fit_in_memory(ws):
-    return ["train", "--data", str(ws.data), "--out", str(ws.case / "run"), *TINY, "--n_layer", "96", "--n_head", "64",
-            "--n_embd", "16384"]
+    return [
+        "train",
+        "--data",
+        str(ws.data),
+        "--out",
+        str(ws.case / "run"),
+        *TINY,
+        "--n_layer",
+        "96",
+        "--n_head",
+        "64",
+        "--n_embd",
+        "16384",
+    ]
 
 
 def train_over_existing_run(ws):
@@ -460,4 +500,3 @@ def test_debug_flag_shows_the_traceback(ws):
     assert proc.returncode == 1
     assert "Traceback (most recent call last)" in proc.stderr and "GptlabError" in proc.stderr
     assert "no such file" in proc.stderr.splitlines()[-1]
-

@@ -10,7 +10,10 @@ from gptlab.models import GPT
 
 
 def test_replace_block_replaces_only_between_its_markers():
-    doc = "# Benchmarks\n\nhand-written intro\n\n<!-- bench:training -->\nold table\n<!-- /bench:training -->\n\nhand note\n"
+    doc = (
+        "# Benchmarks\n\nhand-written intro\n\n"
+        "<!-- bench:training -->\nold table\n<!-- /bench:training -->\n\nhand note\n"
+    )
     out = replace_block(doc, "training", "## Training\n\nnew table\n")
     assert "old table" not in out
     assert "<!-- bench:training -->\n## Training\n\nnew table\n<!-- /bench:training -->" in out
@@ -27,7 +30,10 @@ def test_a_missing_suite_module_fails_by_name(monkeypatch):
     import benchmarks.__main__ as runner
 
     monkeypatch.setitem(runner.SUITE, "no_such_bench", "something not written yet")
-    with pytest.raises(SystemExit, match=r"benchmarks/no_such_bench\.py is missing \(something not written yet\).*python -m benchmarks training"):
+    with pytest.raises(
+        SystemExit,
+        match=r"benchmarks/no_such_bench\.py is missing \(something not written yet\).*python -m benchmarks training",
+    ):
         load_modules(["training", "no_such_bench"])
 
 
@@ -53,10 +59,24 @@ def test_gpu_script_smoke_run_on_cpu(shared_data, tmp_path):
     from benchmarks.gpu import main
 
     out = tmp_path / "gpu"
-    rc = main(["--smoke", "--no-compile", "--data", str(shared_data / "tinyshakespeare.txt"), "--out", str(out), "--max-seconds", "120"])
+    rc = main(
+        [
+            "--smoke",
+            "--no-compile",
+            "--data",
+            str(shared_data / "tinyshakespeare.txt"),
+            "--out",
+            str(out),
+            "--max-seconds",
+            "120",
+        ]
+    )
     assert rc == 0
     assert sorted(p.name for p in out.iterdir()) == ["results.json", "results.md"]  # scratch removed
     results = json.loads((out / "results.json").read_text())
     assert results["throughput"]["eager"]["tokens_per_s"] > 0
-    assert results["target"]["reached"] is not None and results["target"]["reached"]["val_loss"] <= results["target"]["target"]
+    assert (
+        results["target"]["reached"] is not None
+        and results["target"]["reached"]["val_loss"] <= results["target"]["target"]
+    )
     assert "### Time to val loss" in (out / "results.md").read_text()

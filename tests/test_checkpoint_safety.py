@@ -8,14 +8,13 @@ import os
 import pytest
 import torch
 
-from gptlab import atomic
+from gptlab import atomic, checkpoint
 from gptlab.atomic import CHECKSUMS, old_path
+from gptlab.checkpoint import keep_history, load_checkpoint, load_trainer_state, save_checkpoint
 from gptlab.config import RunConfig
 from gptlab.errors import GptlabError
 from gptlab.models import GPT
 from gptlab.tokenizers.char import CharTokenizer
-from gptlab.training import checkpoint
-from gptlab.training.checkpoint import keep_history, load_checkpoint, load_trainer_state, save_checkpoint
 
 
 @pytest.fixture
@@ -29,7 +28,10 @@ def saver(tiny_config, tmp_path):
     def save(step: int, name: str = "last"):
         with torch.no_grad():
             model.transformer.wpe.weight.fill_(float(step))
-        info = {"tokenizer": {"kind": "char", "file": tok_file.name, "vocab_size": tiny_config.vocab_size}, "step": step}
+        info = {
+            "tokenizer": {"kind": "char", "file": tok_file.name, "vocab_size": tiny_config.vocab_size},
+            "step": step,
+        }
         return save_checkpoint(run / name, model, cfg, info, files=[tok_file], trainer_state={"step": step})
 
     save.run = run
@@ -88,7 +90,9 @@ def test_disk_full_while_saving_fails_cleanly_and_keeps_the_previous_checkpoint(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(checkpoint.torch, "save", disk_full)
-    with pytest.raises(GptlabError, match=r"no space left on the disk while writing .*last; .*last keeps its previous version"):
+    with pytest.raises(
+        GptlabError, match=r"no space left on the disk while writing .*last; .*last keeps its previous version"
+    ):
         saver(2)
     assert saved_step(saver.run) == 1 and leftovers(saver.run) == []
 
@@ -96,7 +100,7 @@ def test_disk_full_while_saving_fails_cleanly_and_keeps_the_previous_checkpoint(
 def test_keep_last_keeps_the_newest_n_checkpoints_as_hard_links(saver):
     for step in range(1, 6):
         keep_history(saver(step), step, keep_last=3)
-    history = saver.run / checkpoint.HISTORY
+    history = checkpoint.RunDir(saver.run).history
     assert sorted(p.name for p in history.iterdir()) == ["step-00000003", "step-00000004", "step-00000005"]
     assert [saved_step(p) for p in sorted(history.iterdir())] == [3, 4, 5]
     newest, last = history / "step-00000005" / "model.safetensors", saver.run / "last" / "model.safetensors"

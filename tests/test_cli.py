@@ -9,8 +9,23 @@ def test_prepare_train_sample_from_the_command_line(corpus_file, tmp_path, capsy
     data, run = tmp_path / "data", tmp_path / "run"
     assert main(["prepare", str(corpus_file), "--out", str(data)]) == 0
     assert "vocab" in capsys.readouterr().out
-    args = ["train", "--data", str(data), "--out", str(run), "--preset", "tiny", "--max_iters", "20", "--eval_interval", "10",
-            "--eval_iters", "2", "--device", "cpu"]
+    args = [
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(run),
+        "--preset",
+        "tiny",
+        "--max_iters",
+        "20",
+        "--eval_interval",
+        "10",
+        "--eval_iters",
+        "2",
+        "--device",
+        "cpu",
+    ]
     assert main(args) == 0
     assert (run / "best" / "model.safetensors").is_file()
     assert "val loss" in capsys.readouterr().out
@@ -33,7 +48,11 @@ def test_errors_are_one_line_with_exit_code_2(corpus_file, tmp_path, capsys):
 
 
 def test_unknown_flag_is_a_one_line_usage_error():
-    proc = subprocess.run([sys.executable, "-m", "gptlab", "train", "--n_layers", "3", "--data", "d", "--out", "o"],
-                          capture_output=True, text=True, env={**os.environ})
+    proc = subprocess.run(
+        [sys.executable, "-m", "gptlab", "train", "--n_layers", "3", "--data", "d", "--out", "o"],
+        capture_output=True,
+        text=True,
+        env={**os.environ},
+    )
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "unrecognized arguments: --n_layers" in proc.stderr

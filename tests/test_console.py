@@ -28,8 +28,20 @@ def drive(textgen, lines, out=None):
 
 
 def test_commands_change_the_settings_the_next_generation_uses(char_textgen):
-    out, prompts = drive(char_textgen, ["/temperature 0", "/top_k 5", "/top_p 0.9", "/repetition_penalty 1.2", "/max 7",
-                                        "/seed 3", "/settings", "/quit", "never read"])
+    out, prompts = drive(
+        char_textgen,
+        [
+            "/temperature 0",
+            "/top_k 5",
+            "/top_p 0.9",
+            "/repetition_penalty 1.2",
+            "/max 7",
+            "/seed 3",
+            "/settings",
+            "/quit",
+            "never read",
+        ],
+    )
     s = char_textgen.settings
     assert (s.temperature, s.top_k, s.top_p, s.repetition_penalty, s.max_new_tokens, s.seed) == (0.0, 5, 0.9, 1.2, 7, 3)
     assert "temperature 0.0, top_k 5, top_p 0.9, repetition_penalty 1.2, max 7, seed 3" in out
@@ -77,8 +89,21 @@ def test_stop_strings_and_seed_from_the_console(char_textgen):
 
 
 def test_empty_lines_unknown_commands_bad_values_and_unknown_characters_get_a_message(char_textgen):
-    out, _ = drive(char_textgen, ["", "   ", "/frobnicate", "/temperature hot", "/temperature -2", "/max 1.5",
-                                  "/top_p 3", "/seed x", "the king €", "/help"])
+    out, _ = drive(
+        char_textgen,
+        [
+            "",
+            "   ",
+            "/frobnicate",
+            "/temperature hot",
+            "/temperature -2",
+            "/max 1.5",
+            "/top_p 3",
+            "/seed x",
+            "the king €",
+            "/help",
+        ],
+    )
     assert out.count("empty line") == 2
     assert "unknown command /frobnicate; /help lists the commands" in out
     assert "/temperature needs a number, e.g. /temperature 0.7" in out
@@ -129,8 +154,11 @@ def test_save_writes_the_conversation_and_bad_paths_get_a_message(char_textgen, 
     console.handle(f"/save {target}")
     assert target.read_text(encoding="utf-8") == console.text and console.text.startswith("ROMEO:")
     assert f"conversation saved to {target}" in console.out.getvalue()
-    for arg, message in [("", "/save needs a file name"), (str(tmp_path), "is a directory"),
-                         (str(tmp_path / "missing" / "c.txt"), "could not save to")]:
+    for arg, message in [
+        ("", "/save needs a file name"),
+        (str(tmp_path), "is a directory"),
+        (str(tmp_path / "missing" / "c.txt"), "could not save to"),
+    ]:
         console.handle(f"/save {arg}".rstrip())
         assert message in console.out.getvalue().splitlines()[-1]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["conversation.txt"]  # no stray temporary file

@@ -9,7 +9,8 @@ from gptlab.cli import main
 from gptlab.data import prepare as prepare_module
 from gptlab.data import sources as sources_module
 from gptlab.data.batches import ShardedTokens, TokenData
-from gptlab.data.prepare import cut_span, data_tokenizer, prepare, safe_cut, token_chunks
+from gptlab.data.format import data_tokenizer
+from gptlab.data.prepare import cut_span, prepare, safe_cut, token_chunks
 from gptlab.data.sources import find_text_files, read_blocks
 from gptlab.data.split import Span, split_documents
 from gptlab.errors import GptlabError
@@ -36,7 +37,13 @@ def test_prepare_writes_memmap_tokens_tokenizer_and_meta(corpus_file, tmp_path):
     assert len(train) == meta["sizes"]["train_tokens"] > 0
     text = corpus_file.read_text()
     assert meta["sizes"]["train_chars"] == int(len(text) * 0.9)  # nanoGPT's split of a single file
-    assert meta["stats"] == {"tokens": len(text), "chars": len(text), "chars_per_token": 1.0, "unknown_tokens": 0, "unknown_rate": 0.0}
+    assert meta["stats"] == {
+        "tokens": len(text),
+        "chars": len(text),
+        "chars_per_token": 1.0,
+        "unknown_tokens": 0,
+        "unknown_rate": 0.0,
+    }
     assert len(meta["content_sha256"]) == 64
     tok = data_tokenizer(out)
     assert tok.decode(train.tolist()) == text[: meta["sizes"]["train_chars"]]
@@ -100,7 +107,10 @@ def test_shards_are_read_through_memmap_as_one_stream(corpus_file, tmp_path):
     prepare([str(corpus_file)], whole)
     meta = prepare([str(corpus_file)], sharded, shard_tokens=1000)
     n = meta["sizes"]["train_tokens"]
-    assert meta["shards"]["train"] == [f"train_{i:03d}.bin" for i in range(-(-n // 1000))] and len(meta["shards"]["train"]) > 3
+    assert (
+        meta["shards"]["train"] == [f"train_{i:03d}.bin" for i in range(-(-n // 1000))]
+        and len(meta["shards"]["train"]) > 3
+    )
     assert all((sharded / name).stat().st_size == 2000 for name in meta["shards"]["train"][:-1])
     expected = np.fromfile(whole / "train.bin", dtype=np.uint16)
     data = TokenData(sharded)
@@ -136,7 +146,13 @@ def test_folder_order_is_deterministic_and_only_text(tmp_path):
     for name in random.Random(1).sample(names, len(names)):  # created in a shuffled order
         write_docs(folder, {name: f"text of {name}\n"})
     files, _ = find_text_files([str(folder)])
-    assert [f.path.relative_to(folder).as_posix() for f in files] == ["C.TXT", "a/b.txt", "a/c/d.txt", "a/z.md", "b.txt"]
+    assert [f.path.relative_to(folder).as_posix() for f in files] == [
+        "C.TXT",
+        "a/b.txt",
+        "a/c/d.txt",
+        "a/z.md",
+        "b.txt",
+    ]
     one = prepare([str(folder)], tmp_path / "one", val_fraction=0.3)
     two = prepare([str(folder)], tmp_path / "two", val_fraction=0.3)
     assert one["documents"] == two["documents"] and one["content_sha256"] == two["content_sha256"]
@@ -144,12 +160,17 @@ def test_folder_order_is_deterministic_and_only_text(tmp_path):
 
 
 def test_binary_files_are_skipped_with_a_warning(tmp_path, capsys):
-    folder = write_docs(tmp_path / "docs", {"a.txt": "plain text, enough of it\n" * 4, "b.txt": "more plain text\n" * 4})
+    folder = write_docs(
+        tmp_path / "docs", {"a.txt": "plain text, enough of it\n" * 4, "b.txt": "more plain text\n" * 4}
+    )
     (folder / "image.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
     meta = prepare([str(folder)], tmp_path / "data", val_fraction=0.3)
     assert f"warning: skipping {folder / 'image.txt'}: binary file" in capsys.readouterr().err
     assert meta["skipped"]["binary"] == [str(folder / "image.txt")]
-    assert sorted(meta["documents"]["train"] + meta["documents"]["val"]) == [str(folder / "a.txt"), str(folder / "b.txt")]
+    assert sorted(meta["documents"]["train"] + meta["documents"]["val"]) == [
+        str(folder / "a.txt"),
+        str(folder / "b.txt"),
+    ]
     with pytest.raises(GptlabError, match="image.txt is a binary file"):  # named on purpose: an error, not a skip
         prepare([str(folder / "image.txt")], tmp_path / "none")
 
@@ -210,7 +231,13 @@ def test_gpt2_prepare_in_parallel_chunks_equals_tiktoken_per_document(shared_dat
     for f in files[:6]:
         (folder / f.name).write_bytes(f.path.read_bytes())
     out = tmp_path / "data"
-    meta = prepare([str(folder)], out, "gpt2", tokenizer_options={"tokenizer_file": shared_data / "gpt2" / "gpt2.tiktoken"}, workers=2)
+    meta = prepare(
+        [str(folder)],
+        out,
+        "gpt2",
+        tokenizer_options={"tokenizer_file": shared_data / "gpt2" / "gpt2.tiktoken"},
+        workers=2,
+    )
     assert sorted(p.name for p in out.iterdir()) == ["gpt2.tiktoken", "meta.json", "train.bin", "val.bin"]
     ref = reference_gpt2(shared_data)
     for split in ("train", "val"):
@@ -247,8 +274,21 @@ def test_tokenize_shows_pieces_and_ids(shared_data, corpus_file, tmp_path, capsy
 
 def test_prepare_reports_and_compares_tokenizers(corpus_file, tmp_path, capsys):
     png = tmp_path / "pics" / "tokenizers.png"
-    args = ["prepare", str(corpus_file), "--out", str(tmp_path / "d"), "--tokenizer", "bpe", "--vocab-size", "300",
-            "--max-vocab", "8", "--compare-png", str(png), "--lowercase"]
+    args = [
+        "prepare",
+        str(corpus_file),
+        "--out",
+        str(tmp_path / "d"),
+        "--tokenizer",
+        "bpe",
+        "--vocab-size",
+        "300",
+        "--max-vocab",
+        "8",
+        "--compare-png",
+        str(png),
+        "--lowercase",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     meta = json.loads((tmp_path / "d" / "meta.json").read_text())
@@ -258,21 +298,25 @@ def test_prepare_reports_and_compares_tokenizers(corpus_file, tmp_path, capsys):
     assert meta["tokenizer"]["options"] == {"vocab_size": 300}  # --max-vocab was for the comparison's word tokenizer
     rows = {r["kind"]: r for r in meta["comparison"]["rows"]}
     assert set(rows) == {"char", "word", "bpe"} and "gpt2 left out" in out
-    assert rows["word"]["vocab_size"] == 8 and rows["word"]["unknown_rate"] > 0 and rows["char"]["chars_per_token"] == 1.0
+    assert (
+        rows["word"]["vocab_size"] == 8 and rows["word"]["unknown_rate"] > 0 and rows["char"]["chars_per_token"] == 1.0
+    )
     assert rows["bpe"]["chars_per_token"] > 1.5
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_a_checkpoint_carries_its_gpt2_tokenizer(shared_data, corpus_file, tmp_path):
+    from gptlab.checkpoint import load_checkpoint
     from gptlab.config import build_config
-    from gptlab.training.checkpoint import load_checkpoint
     from gptlab.training.trainer import train
 
     prepare([str(corpus_file)], tmp_path / "data", "gpt2", tokenizer_options={"tokenizer_file": shared_data / "gpt2"})
     cfg = build_config("tiny", {"max_iters": 2, "eval_interval": 1, "eval_iters": 1, "device": "cpu", "n_embd": 16})
     train(cfg, tmp_path / "data", tmp_path / "run", progress=False)
     ckpt = load_checkpoint(tmp_path / "run")
-    assert (tmp_path / "run" / "best" / "gpt2.tiktoken").is_file()  # the checkpoint loads it offline from its own folder
+    assert (
+        tmp_path / "run" / "best" / "gpt2.tiktoken"
+    ).is_file()  # the checkpoint loads it offline from its own folder
     assert ckpt.tokenizer.kind == "gpt2" and ckpt.config.model.vocab_size == ckpt.tokenizer.vocab_size == 50257
     text = "The king and queen speak at night."
     assert ckpt.tokenizer.encode(text) == data_tokenizer(tmp_path / "data").encode(text)

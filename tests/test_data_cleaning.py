@@ -7,7 +7,8 @@ import pytest
 from gptlab.cli import main
 from gptlab.data import sources as sources_module
 from gptlab.data.cleaning import CleaningRules, clean_document, gutenberg_bounds, new_report
-from gptlab.data.prepare import data_tokenizer, prepare
+from gptlab.data.format import data_tokenizer
+from gptlab.data.prepare import prepare
 from gptlab.errors import GptlabError
 
 SONNETS_BODY = """THE SONNETS
@@ -143,7 +144,10 @@ def test_gutenberg_header_and_license_are_stripped(block_lines):
 
 def test_older_gutenberg_layout_is_stripped_too():
     text, _ = cleaned(OLD_STYLE, CleaningRules(strip_gutenberg=True))
-    assert text == "HAMLET. To be, or not to be, that is the question:\r\nWhether 'tis nobler in the mind to suffer\r\n\r\n"
+    assert (
+        text
+        == "HAMLET. To be, or not to be, that is the question:\r\nWhether 'tis nobler in the mind to suffer\r\n\r\n"
+    )
 
 
 def test_text_without_markers_is_left_alone():
@@ -160,17 +164,30 @@ def test_prepare_strips_gutenberg_and_stores_the_report(tmp_path, monkeypatch):
     rules = CleaningRules(strip_gutenberg=True, collapse_whitespace=True)
     meta = prepare([str(folder)], tmp_path / "data", cleaning=rules, val_fraction=0.1)
     tok = data_tokenizer(tmp_path / "data")
-    texts = [tok.decode(np.fromfile(tmp_path / "data" / f"{s}.bin", dtype=np.uint16).tolist()) for s in ("train", "val")]
+    texts = [
+        tok.decode(np.fromfile(tmp_path / "data" / f"{s}.bin", dtype=np.uint16).tolist()) for s in ("train", "val")
+    ]
     assert "Gutenberg" not in "".join(texts) and "License" not in "".join(texts)
-    assert sorted(texts) == sorted([SONNETS_BODY.replace("\n\n\n\n", "\n\n") + "\n", "HAMLET. To be, or not to be, that is the question:\n"
-                                    "Whether 'tis nobler in the mind to suffer\n\n"])
+    assert sorted(texts) == sorted(
+        [
+            SONNETS_BODY.replace("\n\n\n\n", "\n\n") + "\n",
+            "HAMLET. To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n\n",
+        ]
+    )
     report = meta["cleaning"]["report"]
     assert meta["cleaning"]["rules"] == {"strip_gutenberg": True, "collapse_whitespace": True}
     book_chars = len(GUTENBERG_HEADER + SONNETS_BODY + GUTENBERG_FOOTER) + len(OLD_STYLE)
-    assert report["strip_gutenberg"]["chars_removed"] + report["collapse_whitespace"]["chars_removed"] == book_chars - meta["stats"]["chars"]
+    assert (
+        report["strip_gutenberg"]["chars_removed"] + report["collapse_whitespace"]["chars_removed"]
+        == book_chars - meta["stats"]["chars"]
+    )
     book_lines = (GUTENBERG_HEADER + SONNETS_BODY + GUTENBERG_FOOTER + OLD_STYLE).count("\n")
-    assert report["strip_gutenberg"]["lines_removed"] + report["collapse_whitespace"]["lines_removed"] == book_lines - sum(t.count("\n") for t in texts)
-    assert report["collapse_whitespace"]["lines_removed"] == 3 + 2 + 1  # blank lines: at the start, in the body, at the end
+    assert report["strip_gutenberg"]["lines_removed"] + report["collapse_whitespace"][
+        "lines_removed"
+    ] == book_lines - sum(t.count("\n") for t in texts)
+    assert (
+        report["collapse_whitespace"]["lines_removed"] == 3 + 2 + 1
+    )  # blank lines: at the start, in the body, at the end
 
 
 def test_each_rule_does_what_it_says_and_is_counted():
@@ -179,7 +196,12 @@ def test_each_rule_does_what_it_says_and_is_counted():
     assert out.startswith("Full width fine\n") and report["normalize"]["lines_changed"] == 1
     assert report["normalize"]["chars_removed"] == -1  # "ﬁ" became two characters
     out, report = cleaned(text, CleaningRules(drop_lines=r"^#"))
-    assert "comment" not in out and report["drop_lines"] == {"chars_removed": 17, "lines_removed": 1, "lines_changed": 0, "documents_removed": 0}
+    assert "comment" not in out and report["drop_lines"] == {
+        "chars_removed": 17,
+        "lines_removed": 1,
+        "lines_changed": 0,
+        "documents_removed": 0,
+    }
     out, report = cleaned(text, CleaningRules(lowercase=True))
     assert "mixed case text" in out and report["lowercase"]["lines_changed"] == 2
     out, report = cleaned(text, CleaningRules(keep_chars="a-zA-Z "))
@@ -226,7 +248,10 @@ def test_cli_prints_and_stores_what_each_rule_removed(tmp_path, capsys):
     out = capsys.readouterr().out
     report = json.loads((tmp_path / "d" / "meta.json").read_text())["cleaning"]["report"]
     removed = report["strip_gutenberg"]
-    assert f"strip gutenberg: {removed['chars_removed']:,} chars removed, {removed['lines_removed']:,} lines removed" in out
+    assert (
+        f"strip gutenberg: {removed['chars_removed']:,} chars removed, {removed['lines_removed']:,} lines removed"
+        in out
+    )
     assert re.search(r"lowercase: \d+ lines changed", out)
     assert main(["prepare", str(book), "--out", str(tmp_path / "e"), "--keep-chars", "z-a"]) == 2
     assert "--keep-chars" in capsys.readouterr().err and not (tmp_path / "e").exists()

@@ -14,8 +14,16 @@ from gptlab.training.metrics import read_metrics
 from gptlab.training.trainer import Trainer, train
 
 # The global batch: 2 micro-batches of 4 sequences per step, on one process or shared by two.
-SETTINGS = {"max_iters": 6, "eval_interval": 3, "eval_iters": 3, "log_interval": 1, "grad_accum": 2, "batch_size": 4,
-            "device": "cpu", "sample_tokens": 0}
+SETTINGS = {
+    "max_iters": 6,
+    "eval_interval": 3,
+    "eval_iters": 3,
+    "log_interval": 1,
+    "grad_accum": 2,
+    "batch_size": 4,
+    "device": "cpu",
+    "sample_tokens": 0,
+}
 
 
 @pytest.fixture
@@ -28,8 +36,24 @@ def prepared(corpus_file, tmp_path):
 def test_two_gloo_processes_train_like_one_with_the_same_global_batch(prepared, tmp_path):
     train(build_config("tiny", SETTINGS), prepared, tmp_path / "one")
     args = [f"--{k}={v}" for k, v in SETTINGS.items()]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "gptlab", "train", "--preset", "tiny", "--data", str(prepared), "--out", str(tmp_path / "two"), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "gptlab",
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        str(prepared),
+        "--out",
+        str(tmp_path / "two"),
+        *args,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     one, two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
@@ -45,4 +69,6 @@ def test_grad_accum_must_split_evenly_over_the_processes(prepared, tmp_path):
     cfg = build_config("tiny", {**SETTINGS, "grad_accum": 3})
     cfg.model.vocab_size = TokenData(prepared).vocab_size
     with pytest.raises(GptlabError, match="multiple of the number of processes"):
-        Trainer(cfg, TokenData(prepared), tmp_path / "run", Dist(rank=0, local_rank=0, world_size=2), torch.device("cpu"))
+        Trainer(
+            cfg, TokenData(prepared), tmp_path / "run", Dist(rank=0, local_rank=0, world_size=2), torch.device("cpu")
+        )

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
+from gptlab.checkpoint import Checkpoint, load_checkpoint
 from gptlab.cli import main
 from gptlab.config import RunConfig
 from gptlab.data.batches import TokenData
 from gptlab.evaluation.eval import batch_token_losses, evaluate_ids, evaluate_split, evaluate_text, token_losses
 from gptlab.tokenizers.char import CharTokenizer
-from gptlab.training.checkpoint import Checkpoint, load_checkpoint
 from gptlab.training.trainer import estimate_loss
 
 
@@ -26,11 +26,13 @@ class TableModel(torch.nn.Module):
 
 def table_checkpoint(block_size: int) -> Checkpoint:
     tok = CharTokenizer(["a", "é"])  # ids: a=0, é=1, end-of-text=2; é is 2 bytes in UTF-8
-    probs = torch.tensor([
-        [0.25, 0.25, 0.50],  # after a: p(é | a) = 1/4
-        [0.50, 0.25, 0.25],  # after é: p(a | é) = 1/2
-        [0.50, 0.25, 0.25],  # after end-of-text: p(a | eot) = 1/2
-    ])
+    probs = torch.tensor(
+        [
+            [0.25, 0.25, 0.50],  # after a: p(é | a) = 1/4
+            [0.50, 0.25, 0.25],  # after é: p(a | é) = 1/2
+            [0.50, 0.25, 0.25],  # after end-of-text: p(a | eot) = 1/2
+        ]
+    )
     cfg = RunConfig()
     cfg.model.block_size, cfg.model.vocab_size = block_size, tok.vocab_size
     return Checkpoint(dir=None, model=TableModel(probs), config=cfg, tokenizer=tok, info={})
@@ -81,9 +83,14 @@ def test_eval_measures_what_the_trainer_estimates(tiny_run):
     cfg = ckpt.config
     # Same function: on the trainer's own batches, the per-token losses average to its estimate.
     gen = torch.Generator().manual_seed(cfg.train.seed + 1)
-    batches = [data.get_batch("val", cfg.train.batch_size, cfg.model.block_size, gen, torch.device("cpu")) for _ in range(cfg.train.eval_iters)]
+    batches = [
+        data.get_batch("val", cfg.train.batch_size, cfg.model.block_size, gen, torch.device("cpu"))
+        for _ in range(cfg.train.eval_iters)
+    ]
     ours = sum(batch_token_losses(ckpt.model, x, y).mean().item() for x, y in batches) / len(batches)
-    assert estimate_loss(ckpt.model, data, cfg, torch.device("cpu"), splits=("val",))["val"] == pytest.approx(ours, abs=1e-6)
+    assert estimate_loss(ckpt.model, data, cfg, torch.device("cpu"), splits=("val",))["val"] == pytest.approx(
+        ours, abs=1e-6
+    )
     # Same quantity: many random windows estimate what the whole split measures, within the interval.
     cfg.train.eval_iters = 200
     estimate = estimate_loss(ckpt.model, data, cfg, torch.device("cpu"), splits=("val",))["val"]
@@ -118,7 +125,6 @@ def test_eval_errors_are_one_line(tiny_run, tmp_path, capsys):
     assert "is gone" in capsys.readouterr().err
 
 
-
 def test_a_sharded_split_is_evaluated_whole(tiny_run, tmp_path):
     from gptlab.data.prepare import prepare
 
@@ -140,7 +146,11 @@ def test_word_tokenizer_characters_come_from_the_text_not_the_decoding(corpus_fi
 
     corpus_file.write_text(corpus_file.read_text().replace(" ", "  "))  # decode would give single spaces back
     meta = prepare([str(corpus_file)], tmp_path / "data", "word")
-    train(build_config("tiny", {"max_iters": 2, "eval_interval": 2, "eval_iters": 1, "device": "cpu"}), tmp_path / "data", tmp_path / "run")
+    train(
+        build_config("tiny", {"max_iters": 2, "eval_interval": 2, "eval_iters": 1, "device": "cpu"}),
+        tmp_path / "data",
+        tmp_path / "run",
+    )
     result = evaluate_split(load_checkpoint(tmp_path / "run"), "val")
     assert result.chars == meta["sizes"]["val_chars"]
     assert result.tokens == meta["sizes"]["val_tokens"]

@@ -20,10 +20,10 @@ import pytest
 import torch
 
 from gptlab.atomic import complete_directory, verify_directory
+from gptlab.checkpoint import load_checkpoint, load_trainer_state, read_info
 from gptlab.config import build_config
 from gptlab.data.prepare import prepare
 from gptlab.errors import GptlabError
-from gptlab.training.checkpoint import load_checkpoint, load_trainer_state, read_info
 from gptlab.training import trainer
 from gptlab.training.trainer import resume, train
 
@@ -32,11 +32,24 @@ STEPS = 6
 
 
 def tiny_config():
-    return build_config("tiny", {
-        "n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 16, "batch_size": 4, "max_iters": STEPS,
-        "checkpoint_interval": 1, "eval_interval": 1000, "eval_iters": 1, "log_interval": 1, "sample_tokens": 0,
-        "warmup_iters": 2, "device": "cpu",
-    })
+    return build_config(
+        "tiny",
+        {
+            "n_layer": 1,
+            "n_head": 2,
+            "n_embd": 16,
+            "block_size": 16,
+            "batch_size": 4,
+            "max_iters": STEPS,
+            "checkpoint_interval": 1,
+            "eval_interval": 1000,
+            "eval_iters": 1,
+            "log_interval": 1,
+            "sample_tokens": 0,
+            "warmup_iters": 2,
+            "device": "cpu",
+        },
+    )
 
 
 def train_or_resume(data: str, run: str) -> None:
@@ -107,7 +120,9 @@ def run_in_child(ctx, data: Path, run: Path, kill: tuple[int, float] | None = No
         proc.kill()  # SIGKILL; a process that ended meanwhile is no error
     proc.join()
     if kill is None:
-        assert proc.exitcode == 0, f"the run in {run} failed or hung (exit code {proc.exitcode}); its traceback is above"
+        assert proc.exitcode == 0, (
+            f"the run in {run} failed or hung (exit code {proc.exitcode}); its traceback is above"
+        )
     return time.perf_counter() - start
 
 

@@ -9,7 +9,6 @@ from gptlab.generation.sampling import apply_repetition_penalty, sample_next, to
 from gptlab.models import build_model
 
 
-
 def make(cfg: ModelConfig, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     return build_model(cfg).eval()
@@ -109,7 +108,9 @@ def test_top_p_keeps_the_smallest_set_whose_mass_reaches_p():
 
 def test_top_p_draws_only_from_the_nucleus():
     logits = torch.tensor([[2.0, 1.9, -3.0, -3.0, -3.0]]).repeat(500, 1)  # top two hold ~99% of the mass
-    draws = sample_next(logits, SamplingSettings(temperature=1, top_k=None, top_p=0.9), torch.Generator().manual_seed(0))
+    draws = sample_next(
+        logits, SamplingSettings(temperature=1, top_k=None, top_p=0.9), torch.Generator().manual_seed(0)
+    )
     assert set(draws.flatten().tolist()) == {0, 1}
     loose = sample_next(logits * 0.1, SamplingSettings(temperature=1, top_k=None), torch.Generator().manual_seed(0))
     assert len(set(loose.flatten().tolist())) == 5  # without top-p the tail is drawn too
@@ -141,8 +142,15 @@ def test_repetition_penalty_in_generation_counts_the_prompt_and_every_new_token(
 
 
 def test_bad_settings_are_refused_with_a_message():
-    for bad in (dict(temperature=-1), dict(top_k=-2), dict(top_p=0), dict(top_p=1.5), dict(repetition_penalty=0),
-                dict(max_new_tokens=-1), dict(stop=("",))):
+    for bad in (
+        dict(temperature=-1),
+        dict(top_k=-2),
+        dict(top_p=0),
+        dict(top_p=1.5),
+        dict(repetition_penalty=0),
+        dict(max_new_tokens=-1),
+        dict(stop=("",)),
+    ):
         with pytest.raises(GptlabError):
             SamplingSettings(**bad).validate()
 
@@ -164,7 +172,8 @@ def test_a_seed_reproduces_a_sample_and_another_seed_changes_it(char_textgen):
     assert a == char_textgen.generate("ROMEO:", max_new_tokens=30, temperature=1.0, seed=1)
     assert a != char_textgen.generate("ROMEO:", max_new_tokens=30, temperature=1.0, seed=2)
     assert char_textgen.generate_batch("ROMEO:", 3, max_new_tokens=30, seed=1) == char_textgen.generate_batch(
-        "ROMEO:", 3, max_new_tokens=30, seed=1)
+        "ROMEO:", 3, max_new_tokens=30, seed=1
+    )
 
 
 def test_stop_token_ends_each_row_where_it_first_appears(tiny_config):

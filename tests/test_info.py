@@ -7,10 +7,11 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from gptlab.checkpoint import load_config
 from gptlab.cli import main
 from gptlab.config import ModelConfig, build_config, load_preset
 from gptlab.models import build_model
-from gptlab.models.info import activation_floats_per_token, describe, flops_per_token, load_config, param_counts
+from gptlab.models.info import activation_floats_per_token, describe, flops_per_token, param_counts
 
 BASE = ModelConfig(vocab_size=50, block_size=16, n_layer=2, n_head=4, n_embd=32, attention="manual")
 VARIANTS = {
@@ -76,7 +77,10 @@ def test_memory_estimate_adds_up_and_scales_with_batch():
     cfg = build_config("shakespeare-char-cpu", {"vocab_size": 65})
     one, eight = describe(cfg, 1), describe(cfg, 8)
     n = one.total_params
-    assert one.memory["weights"] == one.memory["gradients"] == 4 * n and one.memory["optimizer (AdamW: 2 per weight)"] == 8 * n
+    assert (
+        one.memory["weights"] == one.memory["gradients"] == 4 * n
+        and one.memory["optimizer (AdamW: 2 per weight)"] == 8 * n
+    )
     assert eight.memory["activations"] == 8 * one.memory["activations"]
     assert one.memory["total"] == sum(v for k, v in one.memory.items() if k != "total")
 
@@ -95,7 +99,7 @@ def test_info_asks_for_vocab_size_when_the_config_leaves_it_to_the_data(capsys):
 
 
 def test_info_reads_checkpoints_and_config_files(tmp_path, capsys):
-    from gptlab.training.checkpoint import save_checkpoint
+    from gptlab.checkpoint import save_checkpoint
 
     cfg = build_config("tiny", {"vocab_size": 65, "positions": "rope"})
     save_checkpoint(tmp_path / "run" / "best", build_model(cfg.model), cfg, {"tokenizer": {"kind": "char"}})

@@ -5,11 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from gptlab.checkpoint import load_checkpoint
 from gptlab.cli import main
 from gptlab.errors import GptlabError
 from gptlab.evaluation import inspect
 from gptlab.evaluation.eval import evaluate_ids, split_ids
-from gptlab.training.checkpoint import load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,9 @@ def test_attention_weights_are_the_models_own(ckpt):
         assert torch.all(got.triu(diagonal=1) == 0)  # the causal mask: nothing from the future
         torch.testing.assert_close(got.sum(-1), torch.ones(cfg.n_head, len(ids)))
     # the model is left as it was: its attention path, and no hooks
-    assert all(b.attn.attention == cfg.attention and not b.attn.attn_dropout._forward_hooks for b in ckpt.model.transformer.h)
+    assert all(
+        b.attn.attention == cfg.attention and not b.attn.attn_dropout._forward_hooks for b in ckpt.model.transformer.h
+    )
 
 
 def test_next_token_distribution_is_the_softmax_of_the_last_logits(ckpt):
@@ -97,9 +99,34 @@ def readable_png(path, min_size=(200, 200)):
 
 def test_every_picture_is_written_from_a_trained_model(tiny_run, tmp_path, capsys):
     out = tmp_path / "pictures"
-    assert main(["inspect", str(tiny_run), "--out", str(out), "--prompt", "The king", "--compare", str(tiny_run),
-                 "--temperature", "1", "0.5", "--device", "cpu"]) == 0
-    names = {"attention.png", "next_token.png", "embeddings.png", "loss_curves.png", "position_loss.png", "residual_stream.png"}
+    assert (
+        main(
+            [
+                "inspect",
+                str(tiny_run),
+                "--out",
+                str(out),
+                "--prompt",
+                "The king",
+                "--compare",
+                str(tiny_run),
+                "--temperature",
+                "1",
+                "0.5",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    names = {
+        "attention.png",
+        "next_token.png",
+        "embeddings.png",
+        "loss_curves.png",
+        "position_loss.png",
+        "residual_stream.png",
+    }
     assert {p.name for p in out.iterdir()} == names
     printed = capsys.readouterr().out
     for name in names:
@@ -108,7 +135,23 @@ def test_every_picture_is_written_from_a_trained_model(tiny_run, tmp_path, capsy
 
 
 def test_inspect_refuses_what_it_cannot_draw(tiny_run, tmp_path, capsys):
-    assert main(["inspect", str(tiny_run), "--out", str(tmp_path), "--only", "attention", "--layers", "7", "--prompt", "The king"]) == 2
+    assert (
+        main(
+            [
+                "inspect",
+                str(tiny_run),
+                "--out",
+                str(tmp_path),
+                "--only",
+                "attention",
+                "--layers",
+                "7",
+                "--prompt",
+                "The king",
+            ]
+        )
+        == 2
+    )
     assert "layer 7 does not exist" in capsys.readouterr().err
     assert main(["inspect", str(tiny_run), "--out", str(tmp_path), "--only", "loss", "--compare", str(tmp_path)]) == 2
     assert "no metrics.jsonl" in capsys.readouterr().err

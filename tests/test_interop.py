@@ -7,13 +7,13 @@ import shutil
 import pytest
 import torch
 
+from gptlab.checkpoint import load_checkpoint
 from gptlab.cli import main
 from gptlab.config import ModelConfig, build_config
 from gptlab.data.prepare import prepare
 from gptlab.errors import GptlabError
 from gptlab.generation.generate import generate
 from gptlab.interop.hf import export_hf, gpt2_incompatibilities, gpt2_model_from_hf, import_gpt2
-from gptlab.training.checkpoint import load_checkpoint
 from gptlab.training.trainer import train
 
 transformers = pytest.importorskip("transformers")  # a test/extra dependency only
@@ -100,7 +100,9 @@ def hf_gpt2_with_tokenizer(saved_gpt2_with_tokenizer, tmp_path):
     return shutil.copytree(saved_gpt2_with_tokenizer, tmp_path / "hf-gpt2-vocab")
 
 
-def test_import_gpt2_writes_a_checkpoint_with_gpt2_tokenizer_that_samples(hf_gpt2_with_tokenizer, shared_data, tmp_path, capsys):
+def test_import_gpt2_writes_a_checkpoint_with_gpt2_tokenizer_that_samples(
+    hf_gpt2_with_tokenizer, shared_data, tmp_path, capsys
+):
     ckpt_dir = tmp_path / "imported"
     assert main(["import-gpt2", str(hf_gpt2_with_tokenizer), "--out", str(ckpt_dir)]) == 0
     assert "--init-from" in capsys.readouterr().out
@@ -118,7 +120,9 @@ def test_import_gpt2_writes_a_checkpoint_with_gpt2_tokenizer_that_samples(hf_gpt
     assert capsys.readouterr().out.startswith("Hello")
 
 
-def test_import_gpt2_reads_the_tokenizer_from_tokenizer_json_or_a_tiktoken_file(hf_gpt2_with_tokenizer, shared_data, tmp_path):
+def test_import_gpt2_reads_the_tokenizer_from_tokenizer_json_or_a_tiktoken_file(
+    hf_gpt2_with_tokenizer, shared_data, tmp_path
+):
     src = hf_gpt2_with_tokenizer
     tokenizer = transformers.GPT2TokenizerFast.from_pretrained(src)
     (src / "vocab.json").unlink()
@@ -129,7 +133,9 @@ def test_import_gpt2_reads_the_tokenizer_from_tokenizer_json_or_a_tiktoken_file(
     (src / "tokenizer.json").unlink()
     with pytest.raises(GptlabError, match="no GPT-2 tokenizer.*--tokenizer-file"):
         import_gpt2(src, tmp_path / "b")
-    from_tiktoken = load_checkpoint(import_gpt2(src, tmp_path / "b", tokenizer_file=shared_data / "gpt2" / "gpt2.tiktoken")).tokenizer
+    from_tiktoken = load_checkpoint(
+        import_gpt2(src, tmp_path / "b", tokenizer_file=shared_data / "gpt2" / "gpt2.tiktoken")
+    ).tokenizer
     text = "The quick brown fox, 12 jumps!\n"
     assert from_json.encode(text) == from_tiktoken.encode(text) and len(from_json.encode(text)) > 5
 
@@ -155,7 +161,11 @@ def test_exported_tokenizers_encode_like_gptlab(kind, shared_data, tmp_path):
 
     corpus = (shared_data / "tinyshakespeare.txt").read_text()[:100_000]
     varied = "Café naïve — “quoted” don't well-known ’tis\t\ttab  x² _under_score 3.14\r\n\n  end "
-    tok = train_tokenizer(kind, [corpus + varied], **({"tokenizer_file": shared_data / "gpt2" / "gpt2.tiktoken"} if kind == "gpt2" else {}))
+    tok = train_tokenizer(
+        kind,
+        [corpus + varied],
+        **({"tokenizer_file": shared_data / "gpt2" / "gpt2.tiktoken"} if kind == "gpt2" else {}),
+    )
     save_hf_tokenizer(tok, tmp_path, model_max_length=1024)
     theirs = transformers.AutoTokenizer.from_pretrained(tmp_path)
     for text in (varied, corpus[-20_000:]):
@@ -170,9 +180,16 @@ def test_exported_tokenizers_encode_like_gptlab(kind, shared_data, tmp_path):
 def char_run(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("char_run")
     data, run = tmp_path / "data", tmp_path / "run"
-    (tmp_path / "corpus.txt").write_text("The king and queen speak with a ghost!\n\nUpon the  castle walls, at night.\n" * 40)
+    (tmp_path / "corpus.txt").write_text(
+        "The king and queen speak with a ghost!\n\nUpon the  castle walls, at night.\n" * 40
+    )
     prepare([str(tmp_path / "corpus.txt")], data)
-    train(build_config("tiny", {"max_iters": 10, "eval_interval": 10, "eval_iters": 1, "device": "cpu"}), data, run, progress=False)
+    train(
+        build_config("tiny", {"max_iters": 10, "eval_interval": 10, "eval_iters": 1, "device": "cpu"}),
+        data,
+        run,
+        progress=False,
+    )
     return run
 
 
@@ -182,7 +199,9 @@ def test_gptlab_model_exported_loads_in_transformers_with_the_same_logits(char_r
     ckpt = load_checkpoint(char_run)
     assert not ckpt.config.model.bias  # the zero-filled biases are part of what is checked
     hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
-    idx = torch.randint(0, ckpt.config.model.vocab_size, (2, ckpt.config.model.block_size), generator=torch.Generator().manual_seed(0))
+    idx = torch.randint(
+        0, ckpt.config.model.vocab_size, (2, ckpt.config.model.block_size), generator=torch.Generator().manual_seed(0)
+    )
     with torch.no_grad():
         logits, _ = ckpt.model(idx)
         assert (hf(idx).logits - logits).abs().max().item() < 1e-4
@@ -193,13 +212,21 @@ def test_exported_char_tokenizer_encodes_and_decodes_like_gptlab(char_run, tmp_p
     export_hf(char_run, out)
     ours = load_checkpoint(char_run).tokenizer
     theirs = transformers.AutoTokenizer.from_pretrained(out)
-    texts = ["", " ", "\n", "  the  queen\n\nspeaks \n", "The king!", "a\n k \n\n g", "Upon the castle walls, at night.\n" * 3]
+    texts = [
+        "",
+        " ",
+        "\n",
+        "  the  queen\n\nspeaks \n",
+        "The king!",
+        "a\n k \n\n g",
+        "Upon the castle walls, at night.\n" * 3,
+    ]
     for text in texts:
         ids = ours.encode(text)
         assert theirs.encode(text) == ids, repr(text)
         assert theirs.decode(ids) == ours.decode(ids) == text
     assert theirs.eos_token_id == ours.eot_id
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 (transformers' error type is not part of its API)
         theirs.encode("~")  # not in the vocabulary: an error in both, never a silent substitute
     with pytest.raises(GptlabError):
         ours.encode("~")
@@ -208,8 +235,16 @@ def test_exported_char_tokenizer_encodes_and_decodes_like_gptlab(char_run, tmp_p
 def test_export_refuses_options_gpt2_cannot_represent_and_names_them(char_run, tmp_path):
     cfg = load_checkpoint(char_run).config.model
     assert gpt2_incompatibilities(cfg) == []
-    options = [("arch", "bigram"), ("positions", "rope"), ("norm", "rmsnorm"), ("norm_position", "post"),
-               ("activation", "swiglu"), ("qk_norm", True), ("tie_embeddings", False), ("n_kv_head", 1)]
+    options = [
+        ("arch", "bigram"),
+        ("positions", "rope"),
+        ("norm", "rmsnorm"),
+        ("norm_position", "post"),
+        ("activation", "swiglu"),
+        ("qk_norm", True),
+        ("tie_embeddings", False),
+        ("n_kv_head", 1),
+    ]
     for name, value in options:
         changed = copy.copy(cfg)
         setattr(changed, name, value)
@@ -222,7 +257,14 @@ def test_export_of_a_rope_model_says_why_it_cannot_be_gpt2(corpus_file, tmp_path
         pytest.skip("ModelConfig has no positions option until the models branch is merged")
     data, run = tmp_path / "data", tmp_path / "run"
     prepare([str(corpus_file)], data)
-    train(build_config("tiny", {"max_iters": 1, "eval_interval": 1, "eval_iters": 1, "device": "cpu", "positions": "rope"}), data, run, progress=False)
+    train(
+        build_config(
+            "tiny", {"max_iters": 1, "eval_interval": 1, "eval_iters": 1, "device": "cpu", "positions": "rope"}
+        ),
+        data,
+        run,
+        progress=False,
+    )
     assert main(["export-hf", str(run), str(tmp_path / "hf")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot be written as GPT-2: positions='rope'" in err and "rotary" in err
@@ -241,7 +283,9 @@ def test_export_never_replaces_a_directory_it_did_not_write(char_run, tmp_path, 
     shutil.rmtree(out)
     assert main(["export-hf", str(char_run), str(out)]) == 0
     assert main(["export-hf", str(char_run), str(out), "--overwrite"]) == 0
-    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} == {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} == {
+        p.name for p in out.iterdir()
+    }
 
 
 def test_fine_tuning_starts_from_an_imported_gpt2(hf_gpt2_with_tokenizer, corpus_file, shared_data, tmp_path):
@@ -252,10 +296,25 @@ def test_fine_tuning_starts_from_an_imported_gpt2(hf_gpt2_with_tokenizer, corpus
     imported = tmp_path / "imported"
     import_gpt2(hf_gpt2_with_tokenizer, imported)
     data = tmp_path / "data"
-    prepare([str(corpus_file)], data, tokenizer="gpt2",
-            tokenizer_options={"tokenizer_file": str(shared_data / "gpt2" / "gpt2.tiktoken")})
-    cfg = build_config(None, {"max_iters": "4", "eval_interval": "2", "eval_iters": "2", "batch_size": "2",
-                              "learning_rate": "1e-3", "min_lr": "1e-4", "warmup_iters": "0", "device": "cpu"})
+    prepare(
+        [str(corpus_file)],
+        data,
+        tokenizer="gpt2",
+        tokenizer_options={"tokenizer_file": str(shared_data / "gpt2" / "gpt2.tiktoken")},
+    )
+    cfg = build_config(
+        None,
+        {
+            "max_iters": "4",
+            "eval_interval": "2",
+            "eval_iters": "2",
+            "batch_size": "2",
+            "learning_rate": "1e-3",
+            "min_lr": "1e-4",
+            "warmup_iters": "0",
+            "device": "cpu",
+        },
+    )
     result = train(cfg, data, tmp_path / "run", init_from=imported)
     start = load_checkpoint(imported)
     evals = [r for r in read_metrics(tmp_path / "run") if r["kind"] == "eval"]

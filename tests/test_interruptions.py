@@ -10,12 +10,12 @@ import signal
 import pytest
 import torch
 
+from gptlab.checkpoint import load_checkpoint, load_trainer_state
 from gptlab.cli import main
 from gptlab.config import build_config
 from gptlab.data.prepare import prepare
 from gptlab.errors import GptlabError
 from gptlab.models import GPT
-from gptlab.training.checkpoint import load_checkpoint, load_trainer_state
 from gptlab.training.metrics import read_metrics
 from gptlab.training.trainer import train
 
@@ -27,7 +27,14 @@ def prepared(corpus_file, tmp_path):
 
 
 def tiny(**overrides):
-    base = {"max_iters": 8, "eval_interval": 100, "eval_iters": 1, "log_interval": 1, "sample_tokens": 0, "device": "cpu"}
+    base = {
+        "max_iters": 8,
+        "eval_interval": 100,
+        "eval_iters": 1,
+        "log_interval": 1,
+        "sample_tokens": 0,
+        "device": "cpu",
+    }
     return build_config("tiny", {**base, **overrides})
 
 
@@ -52,8 +59,27 @@ def test_a_signal_saves_a_checkpoint_and_says_how_to_resume(prepared, tmp_path, 
     run = tmp_path / "run"
     at_training_step(monkeypatch, 3, lambda loss: (os.kill(os.getpid(), sig), loss)[1])
     handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    code = main(["train", "--data", str(prepared), "--out", str(run), "--preset", "tiny", "--max_iters", "8",
-                 "--eval_interval", "100", "--eval_iters", "1", "--sample_tokens", "0", "--device", "cpu"])
+    code = main(
+        [
+            "train",
+            "--data",
+            str(prepared),
+            "--out",
+            str(run),
+            "--preset",
+            "tiny",
+            "--max_iters",
+            "8",
+            "--eval_interval",
+            "100",
+            "--eval_iters",
+            "1",
+            "--sample_tokens",
+            "0",
+            "--device",
+            "cpu",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 128 + sig
     assert f"stopped by {signal.Signals(sig).name} after step 3" in err and f"gptlab train --resume {run}" in err
@@ -64,7 +90,9 @@ def test_a_signal_saves_a_checkpoint_and_says_how_to_resume(prepared, tmp_path, 
 def test_a_nan_loss_stops_before_the_update_and_names_the_last_good_checkpoint(prepared, tmp_path, monkeypatch):
     run = tmp_path / "run"
     at_training_step(monkeypatch, 5, lambda loss: loss * math.nan)
-    with pytest.raises(GptlabError, match=rf"loss became nan at step 5; .*last good checkpoint is {run / 'last'} \(step 0\)"):
+    with pytest.raises(
+        GptlabError, match=rf"loss became nan at step 5; .*last good checkpoint is {run / 'last'} \(step 0\)"
+    ):
         train(tiny(), prepared, run, progress=False)
     ckpt = load_checkpoint(run / "last")
     assert ckpt.info["step"] == 0 and load_checkpoint(run / "best").info["step"] == 0
@@ -91,8 +119,32 @@ def test_keep_last_keeps_the_newest_checkpoints_beside_last_and_best(prepared, t
 
 def test_keep_last_on_the_command_line_takes_dashes(prepared, tmp_path):
     run = tmp_path / "run"
-    assert main(["train", "--data", str(prepared), "--out", str(run), "--preset", "tiny", "--max-iters", "2",
-                 "--eval-interval", "100", "--checkpoint-interval", "1", "--eval-iters", "1", "--sample-tokens", "0",
-                 "--device", "cpu", "--keep-last", "2"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(prepared),
+                "--out",
+                str(run),
+                "--preset",
+                "tiny",
+                "--max-iters",
+                "2",
+                "--eval-interval",
+                "100",
+                "--checkpoint-interval",
+                "1",
+                "--eval-iters",
+                "1",
+                "--sample-tokens",
+                "0",
+                "--device",
+                "cpu",
+                "--keep-last",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000001", "step-00000002"]
-

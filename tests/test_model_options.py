@@ -34,7 +34,7 @@ def make(seed: int = 0, **options) -> torch.nn.Module:
 def randomize(model: torch.nn.Module) -> torch.nn.Module:
     """Norm gains and biases start at 1 and 0; move them so a test also exercises them."""
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.dim() == 1:
                 p.add_(0.1 * torch.randn_like(p))
     return model
@@ -65,8 +65,19 @@ def test_kv_cache_matches_recomputation(variant, attention):
 
 def test_default_options_keep_gpt2_names():
     model = make(n_layer=1, bias=True)
-    per_layer = [f"transformer.h.0.{n}.{w}" for n in ("ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj") for w in ("weight", "bias")]
-    expected = {"transformer.wte.weight", "transformer.wpe.weight", "transformer.ln_f.weight", "transformer.ln_f.bias", "lm_head.weight", *per_layer}
+    per_layer = [
+        f"transformer.h.0.{n}.{w}"
+        for n in ("ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj")
+        for w in ("weight", "bias")
+    ]
+    expected = {
+        "transformer.wte.weight",
+        "transformer.wpe.weight",
+        "transformer.ln_f.weight",
+        "transformer.ln_f.bias",
+        "lm_head.weight",
+        *per_layer,
+    }
     assert set(model.state_dict()) == expected
     assert model.lm_head.weight is model.transformer.wte.weight
 
@@ -203,14 +214,16 @@ def test_bigram_is_a_table_of_next_token_logits():
     assert abs(loss.item() - math.log(BASE.vocab_size)) < 0.05  # near-uniform at init
     cache = KVCache(model.config, 2, 40, "cpu", torch.float32)
     assert cache.k.numel() == 0  # nothing to cache, only positions to count
-    torch.testing.assert_close(torch.cat([model(idx[:, :30], cache=cache)[0], model(idx[:, 30:], cache=cache)[0]], 1), logits)
+    torch.testing.assert_close(
+        torch.cat([model(idx[:, :30], cache=cache)[0], model(idx[:, 30:], cache=cache)[0]], 1), logits
+    )
     assert cache.length == 40
 
 
 def test_bigram_trains_and_samples_through_the_same_paths(corpus_file, tmp_path):
+    from gptlab.checkpoint import load_checkpoint
     from gptlab.data.prepare import prepare
     from gptlab.generation.generate import generate
-    from gptlab.training.checkpoint import load_checkpoint
     from gptlab.training.trainer import train
 
     prepare([corpus_file], tmp_path / "data")
@@ -225,12 +238,14 @@ def test_bigram_trains_and_samples_through_the_same_paths(corpus_file, tmp_path)
 
 
 def test_modern_options_train_and_reload_through_a_checkpoint(corpus_file, tmp_path):
+    from gptlab.checkpoint import load_checkpoint
     from gptlab.data.prepare import prepare
-    from gptlab.training.checkpoint import load_checkpoint
     from gptlab.training.trainer import train
 
     prepare([corpus_file], tmp_path / "data")
-    cfg = build_config("tiny", {**MODERN, "n_kv_head": 1, "max_iters": 20, "eval_interval": 20, "eval_iters": 2, "device": "cpu"})
+    cfg = build_config(
+        "tiny", {**MODERN, "n_kv_head": 1, "max_iters": 20, "eval_interval": 20, "eval_iters": 2, "device": "cpu"}
+    )
     train(cfg, tmp_path / "data", tmp_path / "run", progress=False)
     ckpt = load_checkpoint(tmp_path / "run" / "last")
     assert isinstance(ckpt.model, GPT) and ckpt.config.model == cfg.model

@@ -15,8 +15,11 @@ def names_of(model, params):
 
 def test_muon_gets_exactly_the_blocks_matrices(tiny_config):
     model = GPT(tiny_config)
-    expected = sorted(f"transformer.h.{i}.{m}.weight" for i in range(tiny_config.n_layer)
-                      for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"))
+    expected = sorted(
+        f"transformer.h.{i}.{m}.weight"
+        for i in range(tiny_config.n_layer)
+        for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+    )
     assert names_of(model, hidden_matrices(model)) == expected  # not wte, wpe, the tied head, norms
 
 
@@ -88,7 +91,9 @@ def test_each_optimizer_fits_a_fixed_batch(tiny_config, optimizer):
 
 
 def test_warmup_stable_decay_holds_the_peak_then_decays_linearly():
-    cfg = TrainConfig(lr_schedule="wsd", learning_rate=1e-3, min_lr=1e-4, warmup_iters=10, max_iters=100, decay_fraction=0.2)
+    cfg = TrainConfig(
+        lr_schedule="wsd", learning_rate=1e-3, min_lr=1e-4, warmup_iters=10, max_iters=100, decay_fraction=0.2
+    )
     lrs = [lr_at(s, cfg) for s in range(110)]
     assert lrs[0] < lrs[5] < lrs[9] < 1e-3
     assert all(lr == 1e-3 for lr in lrs[10:80])  # stable

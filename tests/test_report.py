@@ -1,10 +1,10 @@
 import json
 from pathlib import Path
 
+from gptlab.checkpoint import load_checkpoint
 from gptlab.cli import main
 from gptlab.evaluation.eval import evaluate_split
 from gptlab.evaluation.report import write_report
-from gptlab.training.checkpoint import load_checkpoint
 from gptlab.training.metrics import read_metrics
 
 

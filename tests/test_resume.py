@@ -21,8 +21,18 @@ def prepared(corpus_file, tmp_path):
 
 def config(**overrides):
     # dropout > 0 so that the RNG state matters; grad_accum 2 so that the sampler runs mid-step
-    base = {"max_iters": 12, "eval_interval": 6, "checkpoint_interval": 4, "eval_iters": 2, "log_interval": 1,
-            "grad_accum": 2, "batch_size": 4, "dropout": 0.1, "device": "cpu", "sample_tokens": 0}
+    base = {
+        "max_iters": 12,
+        "eval_interval": 6,
+        "checkpoint_interval": 4,
+        "eval_iters": 2,
+        "log_interval": 1,
+        "grad_accum": 2,
+        "batch_size": 4,
+        "dropout": 0.1,
+        "device": "cpu",
+        "sample_tokens": 0,
+    }
     return build_config("tiny", {**base, **overrides})
 
 
@@ -42,8 +52,16 @@ def curve(run):
     return [(r["kind"], r["step"], r.get("loss"), r.get("lr"), r.get("val_loss")) for r in read_metrics(run)]
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", pytest.param("muon", marks=pytest.mark.skipif(
-    not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon needs PyTorch >= 2.9"))])
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        "adamw",
+        pytest.param(
+            "muon",
+            marks=pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon needs PyTorch >= 2.9"),
+        ),
+    ],
+)
 def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(prepared, tmp_path, monkeypatch, optimizer):
     straight = tmp_path / "straight"
     train(config(optimizer=optimizer), prepared, straight)
@@ -91,5 +109,10 @@ def test_resume_from_the_command_line_trains_on(prepared, tmp_path, capsys):
     assert [r["step"] for r in read_metrics(run) if r["kind"] == "eval"] == [0, 4, 6]
     assert main(["train", "--resume", str(run), "--out", str(tmp_path / "x")]) == 2
     assert "drop --out" in capsys.readouterr().err
-    assert main(["train", "--data", str(prepared), "--out", str(tmp_path / "x"), "--init-from", str(run), "--n_layer", "3"]) == 2
+    assert (
+        main(
+            ["train", "--data", str(prepared), "--out", str(tmp_path / "x"), "--init-from", str(run), "--n_layer", "3"]
+        )
+        == 2
+    )
     assert "only --dropout may change" in capsys.readouterr().err and not (tmp_path / "x").exists()

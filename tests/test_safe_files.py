@@ -3,7 +3,6 @@ refused with a clear message and its code does not run."""
 
 import ast
 import os
-import pickle
 import shutil
 from pathlib import Path
 
@@ -11,13 +10,13 @@ import pytest
 import torch
 
 from gptlab.atomic import write_checksums
+from gptlab.checkpoint import load_checkpoint, load_trainer_state, save_checkpoint
 from gptlab.cli import main
 from gptlab.config import RunConfig
 from gptlab.errors import GptlabError
 from gptlab.interop.hf import import_gpt2
 from gptlab.models import GPT
 from gptlab.tokenizers.char import CharTokenizer
-from gptlab.training.checkpoint import load_checkpoint, load_trainer_state, save_checkpoint
 
 
 class RunsCode:
@@ -50,8 +49,14 @@ def malicious_pickle(tmp_path, marker) -> Path:
 def checkpoint(tmp_path, tiny_config) -> Path:
     tok = CharTokenizer([chr(ord("a") + i) for i in range(tiny_config.vocab_size - 1)])
     model = GPT(tiny_config)
-    return save_checkpoint(tmp_path / "ckpt", model, RunConfig(model=tiny_config), {"tokenizer": {"kind": "char"}},
-                           files=[tok.save(tmp_path)], trainer_state={"step": 0})
+    return save_checkpoint(
+        tmp_path / "ckpt",
+        model,
+        RunConfig(model=tiny_config),
+        {"tokenizer": {"kind": "char"}},
+        files=[tok.save(tmp_path)],
+        trainer_state={"step": 0},
+    )
 
 
 def test_malicious_trainer_state_is_refused_and_does_not_run(checkpoint, malicious_pickle, marker):
@@ -84,7 +89,9 @@ def test_weights_that_are_not_safetensors_are_refused_cleanly(checkpoint, conten
 def hf_dir_with(tmp_path: Path, files: dict[str, Path | bytes]) -> Path:
     src = tmp_path / "hf"
     src.mkdir()
-    (src / "config.json").write_text('{"model_type": "gpt2", "vocab_size": 50, "n_positions": 16, "n_embd": 16, "n_layer": 1, "n_head": 2}')
+    (src / "config.json").write_text(
+        '{"model_type": "gpt2", "vocab_size": 50, "n_positions": 16, "n_embd": 16, "n_layer": 1, "n_head": 2}'
+    )
     for name, content in files.items():
         if isinstance(content, Path):
             shutil.copy(content, src / name)

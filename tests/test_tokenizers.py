@@ -41,7 +41,14 @@ def test_word_round_trip_is_exact_up_to_spacing(corpus_file, tmp_path):
 
 def test_word_splits_words_and_punctuation():
     tok = train_tokenizer("word", ["Don't stop, well-known friend!"])
-    assert pieces(tok, tok.encode("Don't stop, well-known friend!")) == ["Don't", "stop", ",", "well-known", "friend", "!"]
+    assert pieces(tok, tok.encode("Don't stop, well-known friend!")) == [
+        "Don't",
+        "stop",
+        ",",
+        "well-known",
+        "friend",
+        "!",
+    ]
 
 
 def test_word_caps_make_unknowns_and_they_are_counted():

@@ -3,11 +3,11 @@ import json
 import pytest
 import torch
 
-from gptlab.config import ModelConfig, TrainConfig, build_config
+from gptlab.checkpoint import load_checkpoint, load_trainer_state
+from gptlab.config import TrainConfig, build_config
 from gptlab.data.prepare import prepare
 from gptlab.errors import GptlabError
 from gptlab.models import GPT
-from gptlab.training.checkpoint import load_checkpoint, load_trainer_state
 from gptlab.training.metrics import read_metrics
 from gptlab.training.schedule import lr_at
 from gptlab.training.trainer import train

@@ -1,16 +1,16 @@
 import pytest
 import torch
 
+from gptlab.checkpoint import RunDir, load_checkpoint, load_trainer_state
 from gptlab.config import build_config
 from gptlab.data.batches import TokenData
 from gptlab.data.prepare import prepare
 from gptlab.device import peak_flops
 from gptlab.errors import GptlabError
-from gptlab.training.checkpoint import load_checkpoint, load_trainer_state
+from gptlab.models.info import flops_per_token
 from gptlab.training.distributed import SINGLE
 from gptlab.training.metrics import read_metrics
-from gptlab.models.info import flops_per_token
-from gptlab.training.trainer import SAMPLES, Trainer, train
+from gptlab.training.trainer import Trainer, train
 
 CPU = torch.device("cpu")
 
@@ -84,7 +84,7 @@ def test_flops_per_token_and_mfu(prepared, tmp_path, tiny_config):
 
 def test_text_samples_are_written_at_each_evaluation(prepared, tmp_path):
     train(tiny(sample_tokens=40, eval_interval=4), prepared, tmp_path / "run")
-    text = (tmp_path / "run" / SAMPLES).read_text()
+    text = RunDir(tmp_path / "run").samples.read_text()
     sections = text.split("--- step ")[1:]
     assert [s.split(",")[0] for s in sections] == ["0", "4", "8"]
     assert all(len(s.split("\n", 1)[1].strip()) >= 20 for s in sections)  # decoded text, not ids

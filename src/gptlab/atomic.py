@@ -67,7 +67,9 @@ def remove_directory(path: Path) -> None:
 
 
 def write_checksums(directory: Path) -> list[Path]:
-    """Record the SHA-256 of every file under `directory` in its checksums.json; returns the files, checksums.json included."""
+    """Record the SHA-256 of every file under `directory` in its checksums.json.
+
+    Returns the files, checksums.json included."""
     directory = Path(directory)
     files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != CHECKSUMS)
     sums = {p.relative_to(directory).as_posix(): sha256_file(p) for p in files}
@@ -98,7 +100,9 @@ def atomic_directory(final: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
             kept = f"{final} keeps its previous version" if complete_directory(final) else f"{final} was not written"
-            raise GptlabError(f"no space left on the disk while writing {final}; {kept}; free some space and try again") from None
+            raise GptlabError(
+                f"no space left on the disk while writing {final}; {kept}; free some space and try again"
+            ) from None
         raise
 
 
@@ -117,7 +121,9 @@ def verify_directory(path: Path) -> None:
     try:
         sums = json.loads((path / CHECKSUMS).read_text())["sha256"]
     except FileNotFoundError:
-        raise GptlabError(f"{path} has no {CHECKSUMS}: it was not written completely by gptlab; use another checkpoint") from None
+        raise GptlabError(
+            f"{path} has no {CHECKSUMS}: it was not written completely by gptlab; use another checkpoint"
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
         raise GptlabError(f"{path / CHECKSUMS} is corrupt; use another checkpoint") from None
     for name, expected in sums.items():
@@ -125,4 +131,6 @@ def verify_directory(path: Path) -> None:
         if not file.is_file():
             raise GptlabError(f"{file} is missing from the checkpoint; use another checkpoint")
         if sha256_file(file) != expected:
-            raise GptlabError(f"{file} is truncated or corrupt (its SHA-256 differs from {CHECKSUMS}); use another checkpoint")
+            raise GptlabError(
+                f"{file} is truncated or corrupt (its SHA-256 differs from {CHECKSUMS}); use another checkpoint"
+            )

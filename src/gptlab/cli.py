@@ -1,17 +1,17 @@
 """The `gptlab` command: parses arguments and calls the library; no logic of its own.
 
-    gptlab prepare [SOURCE ...] --out DIR          text -> tokens on disk
-    gptlab tokenize TEXT [--tokenizer KIND | --data DIR]   how a text splits into tokens
-    gptlab train --data DIR --out RUN [--preset P] [--init-from CKPT] [--key value ...]
-    gptlab train --resume RUN [--key value ...]     continue an interrupted run exactly
-    gptlab sample RUN_OR_CHECKPOINT [--prompt TEXT] [--max-new-tokens N] ...
-    gptlab chat RUN_OR_CHECKPOINT [--temperature T] ...      the >: console
-    gptlab info PRESET_OR_CONFIG_OR_CHECKPOINT [--batch_size N] [--vocab_size N]
-    gptlab eval RUN_OR_CHECKPOINT [--text FILE ...]   loss, perplexity, bits per char/byte
-    gptlab inspect RUN_OR_CHECKPOINT --out DIR [--prompt TEXT] [--compare RUN ...]   pictures
-    gptlab report RUN                                 one Markdown page about a run
-    gptlab import-gpt2 HF_DIR --out CHECKPOINT     Hugging Face GPT-2 directory -> gptlab checkpoint
-    gptlab export-hf RUN_OR_CHECKPOINT OUT_DIR     gptlab checkpoint -> Hugging Face directory
+gptlab prepare [SOURCE ...] --out DIR          text -> tokens on disk
+gptlab tokenize TEXT [--tokenizer KIND | --data DIR]   how a text splits into tokens
+gptlab train --data DIR --out RUN [--preset P] [--init-from CKPT] [--key value ...]
+gptlab train --resume RUN [--key value ...]     continue an interrupted run exactly
+gptlab sample RUN_OR_CHECKPOINT [--prompt TEXT] [--max-new-tokens N] ...
+gptlab chat RUN_OR_CHECKPOINT [--temperature T] ...      the >: console
+gptlab info PRESET_OR_CONFIG_OR_CHECKPOINT [--batch_size N] [--vocab_size N]
+gptlab eval RUN_OR_CHECKPOINT [--text FILE ...]   loss, perplexity, bits per char/byte
+gptlab inspect RUN_OR_CHECKPOINT --out DIR [--prompt TEXT] [--compare RUN ...]   pictures
+gptlab report RUN                                 one Markdown page about a run
+gptlab import-gpt2 HF_DIR --out CHECKPOINT     Hugging Face GPT-2 directory -> gptlab checkpoint
+gptlab export-hf RUN_OR_CHECKPOINT OUT_DIR     gptlab checkpoint -> Hugging Face directory
 """
 
 from __future__ import annotations
@@ -38,93 +38,130 @@ def add_tokenizer_args(p, default: str | None) -> None:
     g = p.add_argument_group("tokenizer")
     g.add_argument("--tokenizer", default=default, choices=KINDS, help=f"tokenizer kind (default: {default})")
     g.add_argument("--vocab-size", type=int, help="bpe: vocabulary size to train (default 4096)")
-    g.add_argument("--min-freq", type=int, help="word: keep words seen at least this often (default 1); rarer ones become <unk>")
+    g.add_argument(
+        "--min-freq", type=int, help="word: keep words seen at least this often (default 1); rarer ones become <unk>"
+    )
     g.add_argument("--max-vocab", type=int, help="word: keep at most this many tokens, the most frequent words")
-    g.add_argument("--tokenizer-file", type=Path, help="gpt2: local gpt2.tiktoken, or vocab.json with merges.txt beside it (offline)")
+    g.add_argument(
+        "--tokenizer-file",
+        type=Path,
+        help="gpt2: local gpt2.tiktoken, or vocab.json with merges.txt beside it (offline)",
+    )
 
 
 def tokenizer_options(args) -> dict:
-    return {"vocab_size": args.vocab_size, "min_freq": args.min_freq, "max_vocab": args.max_vocab, "tokenizer_file": args.tokenizer_file}
+    return {
+        "vocab_size": args.vocab_size,
+        "min_freq": args.min_freq,
+        "max_vocab": args.max_vocab,
+        "tokenizer_file": args.tokenizer_file,
+    }
 
 
 def add_source_args(p) -> None:
     g = p.add_argument_group("reading and cleaning (every cleaning rule is off unless given, and reported)")
-    g.add_argument("--encoding-errors", choices=["strict", "replace"], default="strict",
-                   help="invalid UTF-8: stop with the file and byte offset (strict), or replace with U+FFFD")
+    g.add_argument(
+        "--encoding-errors",
+        choices=["strict", "replace"],
+        default="strict",
+        help="invalid UTF-8: stop with the file and byte offset (strict), or replace with U+FFFD",
+    )
     g.add_argument("--strip-gutenberg", action="store_true", help="drop Project Gutenberg headers and license footers")
     g.add_argument("--normalize", choices=["NFC", "NFKC"], help="Unicode normalisation")
     g.add_argument("--drop-lines", metavar="REGEX", help="drop lines matching this regular expression")
     g.add_argument("--lowercase", action="store_true")
-    g.add_argument("--keep-chars", metavar="CLASS", help="keep only these characters, a regex class body such as 'a-z .,!?' (line breaks stay)")
-    g.add_argument("--collapse-whitespace", action="store_true",
-                   help="runs of spaces/tabs -> one space, trim lines, at most one blank line in a row")
+    g.add_argument(
+        "--keep-chars",
+        metavar="CLASS",
+        help="keep only these characters, a regex class body such as 'a-z .,!?' (line breaks stay)",
+    )
+    g.add_argument(
+        "--collapse-whitespace",
+        action="store_true",
+        help="runs of spaces/tabs -> one space, trim lines, at most one blank line in a row",
+    )
 
 
 def cleaning_rules(args):
     from gptlab.data.cleaning import CleaningRules
 
-    return CleaningRules(strip_gutenberg=args.strip_gutenberg, normalize=args.normalize, drop_lines=args.drop_lines,
-                         lowercase=args.lowercase, keep_chars=args.keep_chars, collapse_whitespace=args.collapse_whitespace)
+    return CleaningRules(
+        strip_gutenberg=args.strip_gutenberg,
+        normalize=args.normalize,
+        drop_lines=args.drop_lines,
+        lowercase=args.lowercase,
+        keep_chars=args.keep_chars,
+        collapse_whitespace=args.collapse_whitespace,
+    )
 
 
 def add_prepare(sub) -> None:
-    p = sub.add_parser("prepare", help="turn text into a data directory of tokens", description="Turn text into a data directory of tokens.")
+    p = sub.add_parser(
+        "prepare",
+        help="turn text into a data directory of tokens",
+        description="Turn text into a data directory of tokens.",
+    )
     p.add_argument("sources", nargs="*", help="text files or folders (default: the bundled Shakespeare corpus)")
     p.add_argument("--out", required=True, type=Path, help="data directory to write")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="share of the text held out for validation (default 0.1)")
+    p.add_argument(
+        "--val-fraction", type=float, default=0.1, help="share of the text held out for validation (default 0.1)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed for picking validation documents")
     p.add_argument("--overwrite", action="store_true", help="replace an existing data directory")
     p.add_argument("--workers", type=int, help="processes that encode (default: one per core)")
     p.add_argument("--shard-tokens", type=int, help="tokens per shard file (default 100,000,000)")
-    p.add_argument("--compare-png", type=Path, metavar="PATH",
-                   help="also draw vocabulary size and characters per token of every tokenizer on a sample of the text")
+    p.add_argument(
+        "--compare-png",
+        type=Path,
+        metavar="PATH",
+        help="also draw vocabulary size and characters per token of every tokenizer on a sample of the text",
+    )
     add_tokenizer_args(p, "char")
     add_source_args(p)
     p.set_defaults(func=cmd_prepare)
 
 
 def cmd_prepare(args) -> None:
-    from gptlab.data.prepare import SHARD_TOKENS, prepare
+    from gptlab.data.prepare import SHARD_TOKENS, prepare, prepare_summary
 
-    meta = prepare(args.sources, args.out, args.tokenizer, args.val_fraction, args.seed, args.overwrite,
-                   tokenizer_options=tokenizer_options(args), cleaning=cleaning_rules(args), encoding_errors=args.encoding_errors,
-                   workers=args.workers, shard_tokens=args.shard_tokens or SHARD_TOKENS, progress=True,
-                   compare_png=args.compare_png)
-    s, st, tok = meta["sizes"], meta["stats"], meta["tokenizer"]
-    print(f"wrote {args.out}: {tok['kind']} tokenizer, vocab {tok['vocab_size']:,}; {st['tokens']:,} tokens from "
-          f"{st['chars']:,} characters ({st['chars_per_token']:.2f} characters/token), unknown {100 * st['unknown_rate']:.2f}%")
-    print(f"  train {s['train_tokens']:,} tokens ({s['train_documents']} documents, {len(meta['shards']['train'])} shard(s)), "
-          f"val {s['val_tokens']:,} tokens ({s['val_documents']} documents), split by {meta['split']['method']}")
-    for rule, counts in meta["cleaning"]["report"].items():
-        done = ", ".join(f"{v:,} {k.replace('_', ' ')}" for k, v in counts.items() if v) or "nothing"
-        print(f"  {rule.replace('_', ' ')}: {done}")
-    skipped = meta["skipped"]
-    if skipped["binary"] or skipped["empty"]:
-        print(f"  skipped {len(skipped['binary'])} binary and {len(skipped['empty'])} empty file(s) (listed in meta.json)")
-    if meta["encoding_errors"]["replaced"]:
-        print(f"  replaced {meta['encoding_errors']['replaced']:,} invalid UTF-8 sequence(s) with U+FFFD")
-    if "comparison" in meta:
-        rows = meta["comparison"]["rows"]
-        for r in rows:
-            print(f"  {r['kind']:>5}: vocab {r['vocab_size']:>6,}, {r['chars_per_token']:.2f} characters/token, "
-                  f"unknown {100 * r['unknown_rate']:.2f}% (on the first {r['chars']:,} characters)")
-        left_out = "" if any(r["kind"] == "gpt2" for r in rows) else " (gpt2 left out: give --tokenizer-file to include it)"
-        print(f"wrote {meta['comparison']['png']}{left_out}")
+    meta = prepare(
+        args.sources,
+        args.out,
+        args.tokenizer,
+        args.val_fraction,
+        args.seed,
+        args.overwrite,
+        tokenizer_options=tokenizer_options(args),
+        cleaning=cleaning_rules(args),
+        encoding_errors=args.encoding_errors,
+        workers=args.workers,
+        shard_tokens=args.shard_tokens or SHARD_TOKENS,
+        progress=True,
+        compare_png=args.compare_png,
+    )
+    print(prepare_summary(args.out, meta))
 
 
 def add_tokenize(sub) -> None:
-    p = sub.add_parser("tokenize", help="show how a text splits into tokens and ids",
-                       description="Show how a text splits into tokens and ids. With --data: that data directory's tokenizer; "
-                                   "else --tokenizer KIND (char/word/bpe are trained on SOURCES, default the bundled corpus).")
+    p = sub.add_parser(
+        "tokenize",
+        help="show how a text splits into tokens and ids",
+        description="Show how a text splits into tokens and ids. With --data: that data directory's tokenizer; "
+        "else --tokenizer KIND (char/word/bpe are trained on SOURCES, default the bundled corpus).",
+    )
     p.add_argument("text", help="the text to split")
     p.add_argument("--data", type=Path, help="a prepared data directory whose tokenizer to use")
-    p.add_argument("--sources", nargs="*", default=[], help="text to train char/word/bpe on (default: the bundled corpus)")
+    p.add_argument(
+        "--sources", nargs="*", default=[], help="text to train char/word/bpe on (default: the bundled corpus)"
+    )
     add_tokenizer_args(p, "gpt2")
     p.set_defaults(func=cmd_tokenize)
 
 
 def cmd_tokenize(args) -> None:
-    from gptlab.data.prepare import Corpus, data_tokenizer, survey
+    from gptlab.data.corpus import Corpus
+    from gptlab.data.format import data_tokenizer
+    from gptlab.data.prepare import survey
     from gptlab.tokenizers import pieces
 
     if args.data:
@@ -133,7 +170,9 @@ def cmd_tokenize(args) -> None:
         tok = survey(Corpus(args.sources), args.tokenizer, tokenizer_options(args))["tokenizer"]
     ids = tok.encode(args.text)
     per_token = f", {len(args.text) / len(ids):.2f} characters/token" if ids else ""
-    print(f"{tok.kind} tokenizer (vocab {tok.vocab_size:,}): {len(args.text)} characters -> {len(ids)} tokens{per_token}")
+    print(
+        f"{tok.kind} tokenizer (vocab {tok.vocab_size:,}): {len(args.text)} characters -> {len(ids)} tokens{per_token}"
+    )
     print(" ".join(repr(p) for p in pieces(tok, ids)))
     print(" ".join(str(i) for i in ids))
 
@@ -145,26 +184,42 @@ def add_train(sub) -> None:
         description="Train a GPT. Config = preset, then --key value overrides (keys below). "
         "On N processes: torchrun --nproc_per_node N -m gptlab train ... (the same arguments).",
     )
-    p.add_argument("--data", type=Path, help="data directory from `gptlab prepare` (with --resume: only if the data moved)")
+    p.add_argument(
+        "--data", type=Path, help="data directory from `gptlab prepare` (with --resume: only if the data moved)"
+    )
     p.add_argument("--out", type=Path, help="run directory to write (checkpoints, metrics, samples, plots)")
     p.add_argument("--preset", help=f"named recipe: {', '.join(preset_names())}, or a .yaml file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
-    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue this run from its last checkpoint (train keys may be overridden)")
-    p.add_argument("--init-from", type=Path, metavar="CHECKPOINT", help="start a new run from these weights (fine-tuning); the model keys come from it")
+    p.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue this run from its last checkpoint (train keys may be overridden)",
+    )
+    p.add_argument(
+        "--init-from",
+        type=Path,
+        metavar="CHECKPOINT",
+        help="start a new run from these weights (fine-tuning); the model keys come from it",
+    )
     group = p.add_argument_group("config overrides (--key value)")
     for key, (section, typ) in field_types().items():
         dashed = [f"--{key.replace('_', '-')}"] if "_" in key else []  # --keep-last as well as --keep_last
-        group.add_argument(f"--{key}", *dashed, dest=f"override_{key}", metavar=typ.__name__.upper(), help=f"{section}.{key}")
+        group.add_argument(
+            f"--{key}", *dashed, dest=f"override_{key}", metavar=typ.__name__.upper(), help=f"{section}.{key}"
+        )
     p.set_defaults(func=cmd_train)
 
 
 def cmd_train(args) -> None:
     from gptlab.training.trainer import resume, train
 
-    overrides = {k[len("override_"):]: v for k, v in vars(args).items() if k.startswith("override_") and v is not None}
+    overrides = {k[len("override_") :]: v for k, v in vars(args).items() if k.startswith("override_") and v is not None}
     if args.resume:
         if args.out or args.preset or args.init_from or args.overwrite:
-            raise GptlabError("--resume continues a run as it was configured: drop --out, --preset, --init-from and --overwrite")
+            raise GptlabError(
+                "--resume continues a run as it was configured: drop --out, --preset, --init-from and --overwrite"
+            )
         resume(args.resume, overrides, data_dir=args.data)
         return
     if args.data is None or args.out is None:
@@ -172,7 +227,10 @@ def cmd_train(args) -> None:
     if args.init_from:
         model_keys = sorted(k for k in overrides if field_types()[k][0] == "model" and k != "dropout")
         if model_keys:
-            raise GptlabError(f"--init-from takes the model from the checkpoint; drop --{', --'.join(model_keys)} (only --dropout may change)")
+            raise GptlabError(
+                f"--init-from takes the model from the checkpoint; drop --{', --'.join(model_keys)} (only --dropout "
+                "may change)"
+            )
     cfg = build_config(args.preset, overrides)
     train(cfg, args.data, args.out, overwrite=args.overwrite, init_from=args.init_from)
 
@@ -180,10 +238,18 @@ def cmd_train(args) -> None:
 def add_sampling_args(p) -> None:
     p.add_argument("--max-new-tokens", type=int, default=500)
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
-    p.add_argument("--top-k", type=int, default=200, help="sample among the k most likely tokens (0 = all; default 200)")
-    p.add_argument("--top-p", type=float, default=None, help="sample among the most likely tokens whose probability reaches p")
-    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 makes tokens already in the text less likely")
-    p.add_argument("--stop", action="append", default=[], metavar="TEXT", help="end the text where TEXT appears (repeatable)")
+    p.add_argument(
+        "--top-k", type=int, default=200, help="sample among the k most likely tokens (0 = all; default 200)"
+    )
+    p.add_argument(
+        "--top-p", type=float, default=None, help="sample among the most likely tokens whose probability reaches p"
+    )
+    p.add_argument(
+        "--repetition-penalty", type=float, default=1.0, help="> 1 makes tokens already in the text less likely"
+    )
+    p.add_argument(
+        "--stop", action="append", default=[], metavar="TEXT", help="end the text where TEXT appears (repeatable)"
+    )
     p.add_argument("--seed", type=int, default=None, help="fix the random seed for a reproducible sample")
     p.add_argument("--device", default="auto")
 
@@ -192,13 +258,22 @@ def load_text_generator(args):
     from gptlab.generation import load
 
     return load(
-        args.checkpoint, args.device, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k or None,
-        top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop=tuple(args.stop), seed=args.seed,
+        args.checkpoint,
+        args.device,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k or None,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        stop=tuple(args.stop),
+        seed=args.seed,
     )
 
 
 def add_sample(sub) -> None:
-    p = sub.add_parser("sample", help="generate text from a trained model", description="Generate text from a checkpoint.")
+    p = sub.add_parser(
+        "sample", help="generate text from a trained model", description="Generate text from a checkpoint."
+    )
     p.add_argument("checkpoint", type=Path, help="run directory (uses its best checkpoint) or checkpoint directory")
     p.add_argument("--prompt", default="", help="text to continue (default: start of a new document)")
     p.add_argument("--num-samples", type=int, default=1, help="samples generated together as one batch")
@@ -221,8 +296,12 @@ def cmd_sample(args) -> None:
 
 
 def add_chat(sub) -> None:
-    p = sub.add_parser("chat", help="talk to a trained model at a >: prompt", description="An interactive console: "
-                       "the model continues what you type, streaming; /help inside lists the commands.")
+    p = sub.add_parser(
+        "chat",
+        help="talk to a trained model at a >: prompt",
+        description="An interactive console: "
+        "the model continues what you type, streaming; /help inside lists the commands.",
+    )
     p.add_argument("checkpoint", type=Path, help="run directory (uses its best checkpoint) or checkpoint directory")
     add_sampling_args(p)
     p.set_defaults(func=cmd_chat)
@@ -244,14 +323,21 @@ def add_info(sub) -> None:
         description="Describe a model from its config alone: parameters by component, training FLOPs per token, "
         "and an estimate of the memory training it takes.",
     )
-    p.add_argument("source", help=f"preset ({', '.join(preset_names())}), .yaml/.json config, run or checkpoint directory")
-    p.add_argument("--batch_size", type=int, default=None, help="batch size for the memory estimate (default: the config's)")
-    p.add_argument("--vocab_size", type=int, default=None, help="vocabulary size, for configs that take it from the data")
+    p.add_argument(
+        "source", help=f"preset ({', '.join(preset_names())}), .yaml/.json config, run or checkpoint directory"
+    )
+    p.add_argument(
+        "--batch_size", type=int, default=None, help="batch size for the memory estimate (default: the config's)"
+    )
+    p.add_argument(
+        "--vocab_size", type=int, default=None, help="vocabulary size, for configs that take it from the data"
+    )
     p.set_defaults(func=cmd_info)
 
 
 def cmd_info(args) -> None:
-    from gptlab.models.info import describe, format_info, load_config
+    from gptlab.checkpoint import load_config
+    from gptlab.models.info import describe, format_info
 
     print(format_info(describe(load_config(args.source, args.vocab_size), args.batch_size)))
 
@@ -265,8 +351,12 @@ def add_eval(sub) -> None:
         "with 95%% intervals (1.96 * std / sqrt(tokens) of the per-token losses).",
     )
     p.add_argument("checkpoint", type=Path, help="run directory (uses its best checkpoint) or checkpoint directory")
-    p.add_argument("--text", type=Path, nargs="+", metavar="FILE", help="held-out text files to evaluate instead of the val split")
-    p.add_argument("--split", default="val", choices=("val", "train"), help="split of the run's data directory (default val)")
+    p.add_argument(
+        "--text", type=Path, nargs="+", metavar="FILE", help="held-out text files to evaluate instead of the val split"
+    )
+    p.add_argument(
+        "--split", default="val", choices=("val", "train"), help="split of the run's data directory (default val)"
+    )
     p.add_argument("--data", type=Path, help="data directory (default: the one the run was trained on)")
     p.add_argument("--max-tokens", type=int, help="evaluate only the first N tokens of the split")
     p.add_argument("--device", default="auto")
@@ -274,8 +364,8 @@ def add_eval(sub) -> None:
 
 
 def load_for_eval(args):
+    from gptlab.checkpoint import load_checkpoint
     from gptlab.device import resolve_device, setup_device
-    from gptlab.training.checkpoint import load_checkpoint
 
     device = resolve_device(args.device)
     setup_device(device)
@@ -297,61 +387,71 @@ def cmd_eval(args) -> None:
         return
     print(evaluate_split(ckpt, args.split, args.data, args.max_tokens).summary())
     if args.split == "val" and "val_loss" in ckpt.info:
-        print(f"  (the trainer's estimate at step {ckpt.info.get('step')}: val loss {ckpt.info['val_loss']:.4f}, "
-              f"from {ckpt.config.train.eval_iters} random batches)")
-
-
-INSPECT_PICTURES = ("attention", "next-token", "embeddings", "loss", "position-loss", "residual")
+        print(
+            f"  (the trainer's estimate at step {ckpt.info.get('step')}: val loss {ckpt.info['val_loss']:.4f}, "
+            f"from {ckpt.config.train.eval_iters} random batches)"
+        )
 
 
 def add_inspect(sub) -> None:
     p = sub.add_parser(
         "inspect",
         help="pictures of a trained model: attention, next token, embeddings, loss curves",
-        description="Draw PNG pictures of a checkpoint into --out: " + ", ".join(INSPECT_PICTURES) + ".",
+        description="Draw PNG pictures of a checkpoint into --out: attention, next-token, embeddings, loss, "
+        "position-loss, residual.",
     )
     p.add_argument("checkpoint", type=Path, help="run directory (uses its best checkpoint) or checkpoint directory")
     p.add_argument("--out", required=True, type=Path, help="folder for the PNG files")
-    p.add_argument("--prompt", default="ROMEO:\nWhat light", help="text for the attention, next-token and residual pictures")
-    p.add_argument("--only", nargs="+", choices=INSPECT_PICTURES, help="draw only these pictures (default: all)")
-    p.add_argument("--compare", type=Path, nargs="+", default=[], metavar="RUN", help="more runs for the loss-curve plot")
+    p.add_argument(
+        "--prompt", default="ROMEO:\nWhat light", help="text for the attention, next-token and residual pictures"
+    )
+    p.add_argument(
+        "--only",
+        nargs="+",
+        choices=("attention", "next-token", "embeddings", "loss", "position-loss", "residual"),
+        help="draw only these pictures (default: all)",
+    )
+    p.add_argument(
+        "--compare", type=Path, nargs="+", default=[], metavar="RUN", help="more runs for the loss-curve plot"
+    )
     p.add_argument("--layers", type=int, nargs="+", help="attention: only these layers (default: all)")
     p.add_argument("--top", type=int, default=20, help="next-token: how many candidates to show")
     p.add_argument("--temperature", type=float, nargs="+", default=[1.0], help="next-token: one or more temperatures")
-    p.add_argument("--split", default="val", choices=("val", "train"), help="position-loss: split of the run's data (default val)")
-    p.add_argument("--max-tokens", type=int, default=200_000, help="position-loss: first N tokens of the split (default 200000)")
+    p.add_argument(
+        "--split", default="val", choices=("val", "train"), help="position-loss: split of the run's data (default val)"
+    )
+    p.add_argument(
+        "--max-tokens", type=int, default=200_000, help="position-loss: first N tokens of the split (default 200000)"
+    )
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_inspect)
 
 
 def cmd_inspect(args) -> None:
     from gptlab.evaluation import inspect
-    from gptlab.evaluation.eval import evaluate_ids, split_ids
 
     ckpt = load_for_eval(args)
-    wanted = args.only or INSPECT_PICTURES
-    written = []
-    if "attention" in wanted:
-        written.append(inspect.plot_attention(ckpt, args.prompt, args.out / "attention.png", args.layers))
-    if "next-token" in wanted:
-        written.append(inspect.plot_next_token(ckpt, args.prompt, args.out / "next_token.png", args.top, tuple(args.temperature)))
-    if "embeddings" in wanted:
-        written.append(inspect.plot_embeddings(ckpt, args.out / "embeddings.png"))
-    if "loss" in wanted:
-        runs = [ckpt.dir.parent if (ckpt.dir.parent / "metrics.jsonl").is_file() else ckpt.dir] + args.compare
-        written.append(inspect.plot_loss_curves(runs, args.out / "loss_curves.png"))
-    if "position-loss" in wanted:
-        ids, name, size = split_ids(ckpt, args.split, max_tokens=args.max_tokens)
-        _, losses, positions = evaluate_ids(ckpt, ids, name, size)
-        written.append(inspect.plot_position_loss(losses, positions, ckpt.config.model.block_size, args.out / "position_loss.png", f"loss by position, {args.split} split"))
-    if "residual" in wanted:
-        written.append(inspect.plot_residual_stream(ckpt, args.prompt, args.out / "residual_stream.png"))
-    for path in written:
+    for path in inspect.draw(
+        ckpt,
+        args.out,
+        args.only or inspect.PICTURES,
+        prompt=args.prompt,
+        layers=args.layers,
+        top=args.top,
+        temperatures=tuple(args.temperature),
+        split=args.split,
+        max_tokens=args.max_tokens,
+        compare=args.compare,
+    ):
         print(f"wrote {path}")
 
 
 def add_report(sub) -> None:
-    p = sub.add_parser("report", help="write a Markdown report of a run", description="Write RUN/report.md: config, data, loss curves, metrics, throughput, samples.")
+    p = sub.add_parser(
+        "report",
+        help="write a Markdown report of a run",
+        description="Write RUN/report.md: config, data, loss curves, metrics, throughput, samples.",
+    )
     p.add_argument("run", type=Path, help="run directory written by `gptlab train`")
     p.add_argument("--out", type=Path, help="Markdown file to write (default RUN/report.md)")
     p.add_argument("--no-eval", action="store_true", help="skip evaluating the whole val split")
@@ -371,9 +471,17 @@ def add_import_gpt2(sub) -> None:
         description="Turn a local Hugging Face GPT-2 directory (config.json + model.safetensors + tokenizer files) "
         "into a gptlab checkpoint. Nothing is downloaded: fetch the directory with your usual tools.",
     )
-    p.add_argument("hf_dir", type=Path, help="directory with config.json, model.safetensors and vocab.json + merges.txt or tokenizer.json")
+    p.add_argument(
+        "hf_dir",
+        type=Path,
+        help="directory with config.json, model.safetensors and vocab.json + merges.txt or tokenizer.json",
+    )
     p.add_argument("--out", required=True, type=Path, help="checkpoint directory to write")
-    p.add_argument("--tokenizer-file", type=Path, help="GPT-2 tokenizer file to use instead of the directory's (e.g. gpt2.tiktoken)")
+    p.add_argument(
+        "--tokenizer-file",
+        type=Path,
+        help="GPT-2 tokenizer file to use instead of the directory's (e.g. gpt2.tiktoken)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint in --out")
     p.set_defaults(func=cmd_import_gpt2)
 

@@ -111,7 +111,15 @@ class TrainConfig:
     nonfinite_loss: str = "stop"  # a NaN or inf loss: stop (before the update) | skip (that step's update)
 
     def validate(self) -> None:
-        for name in ("batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters", "log_interval", "keep_last"):
+        for name in (
+            "batch_size",
+            "grad_accum",
+            "max_iters",
+            "eval_interval",
+            "eval_iters",
+            "log_interval",
+            "keep_last",
+        ):
             if getattr(self, name) < 1:
                 raise GptlabError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("learning_rate", "muon_lr"):
@@ -212,7 +220,9 @@ def set_field(cfg: RunConfig, key: str, value: Any, section: str | None = None) 
 
 
 def preset_names() -> list[str]:
-    return sorted(p.name[: -len(".yaml")] for p in resources.files("gptlab.presets").iterdir() if p.name.endswith(".yaml"))
+    return sorted(
+        p.name[: -len(".yaml")] for p in resources.files("gptlab.presets").iterdir() if p.name.endswith(".yaml")
+    )
 
 
 def load_preset(name: str) -> RunConfig:
@@ -222,7 +232,9 @@ def load_preset(name: str) -> RunConfig:
     else:
         res = resources.files("gptlab.presets") / f"{name}.yaml"
         if not res.is_file():
-            raise GptlabError(f"unknown preset {name!r}; available: {', '.join(preset_names())} (or a path to a .yaml file)")
+            raise GptlabError(
+                f"unknown preset {name!r}; available: {', '.join(preset_names())} (or a path to a .yaml file)"
+            )
         text = res.read_text()
     try:
         data = yaml.safe_load(text) or {}

@@ -22,7 +22,9 @@ def resolve_device(name: str = "auto") -> torch.device:
     except RuntimeError:
         raise GptlabError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise GptlabError("--device cuda was asked for but this machine has no usable CUDA GPU; use --device cpu or auto")
+        raise GptlabError(
+            "--device cuda was asked for but this machine has no usable CUDA GPU; use --device cpu or auto"
+        )
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise GptlabError("--device mps was asked for but MPS is not available here; use --device cpu or auto")
     return device

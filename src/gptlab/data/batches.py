@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gptlab.data.prepare import read_meta
+from gptlab.data.format import read_meta
 from gptlab.errors import GptlabError
 
 
@@ -64,8 +64,6 @@ class TokenData:
         self.dir = Path(data_dir)
         self.meta = read_meta(self.dir)
         dtype = np.dtype(self.meta["dtype"])
-        if "shards" not in self.meta:
-            raise GptlabError(f"{self.dir} was prepared by an older gptlab (no shard list in meta.json); run `gptlab prepare` again")
         self.splits = {split: open_split(self.dir, self.meta["shards"][split], dtype) for split in ("train", "val")}
 
     @property

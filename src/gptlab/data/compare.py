@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from gptlab.data.prepare import Corpus
+from gptlab.data.corpus import Corpus
 from gptlab.tokenizers import KINDS, tokenizer_class, train_tokenizer
 
 SAMPLE_CHARS = 2_000_000

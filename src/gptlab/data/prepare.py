@@ -28,38 +28,17 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from gptlab.data.cleaning import CleaningRules, clean_document, gutenberg_bounds, new_report
-from gptlab.data.sources import find_text_files, read_blocks
+from gptlab.data.cleaning import CleaningRules, new_report
+from gptlab.data.corpus import Corpus
+from gptlab.data.format import FORMAT, shard_name, single_shard_name, token_dtype, write_meta
 from gptlab.data.split import Span, split_documents
 from gptlab.errors import GptlabError
 from gptlab.tokenizers import Tokenizer, load_tokenizer, tokenizer_class, train_tokenizer
 
-META = "meta.json"
-FORMAT = 2
 CHUNK_CHARS = 1 << 20  # characters per encoding task
 SHARD_TOKENS = 100_000_000  # tokens per shard file (200 MB as uint16)
 POOL_MIN_CHARS = 16 << 20  # below this, starting worker processes costs more than it saves
 IN_FLIGHT_PER_WORKER = 4  # chunks queued per worker: keeps them busy, bounds memory
-
-
-def token_dtype(vocab_size: int) -> np.dtype:
-    return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
-
-
-class Corpus:
-    """The sources as documents of cleaned text, read afresh (streaming) on every pass."""
-
-    def __init__(self, sources: list[str], cleaning: CleaningRules | None = None, encoding_errors: str = "strict"):
-        self.files, self.skipped = find_text_files(sources)
-        self.rules = cleaning or CleaningRules()
-        self.errors = encoding_errors
-        # Gutenberg's header and footer are found by a quick scan first, so the cleaning pass can stream
-        self.bounds = [
-            gutenberg_bounds(read_blocks(f.path, encoding_errors)) if self.rules.strip_gutenberg else None for f in self.files
-        ]
-
-    def blocks(self, doc: int, report: dict | None = None, stats: dict | None = None) -> Iterator[str]:
-        return clean_document(read_blocks(self.files[doc].path, self.errors, stats), self.rules, report, self.bounds[doc])
 
 
 def progress_bar(progress: bool, **kwargs) -> tqdm:
@@ -198,7 +177,7 @@ class ShardWriter:
     def next_shard(self) -> None:
         if self.file:
             self.file.close()
-        self.names.append(f"{self.split}_{len(self.names):03d}.bin")
+        self.names.append(shard_name(self.split, len(self.names)))
         self.file = open(self.directory / self.names[-1], "wb")
         self.in_shard = 0
 
@@ -207,8 +186,8 @@ class ShardWriter:
             self.next_shard()  # an empty split still gets its (empty) file
         self.file.close()
         if len(self.names) == 1:
-            (self.directory / self.names[0]).rename(self.directory / f"{self.split}.bin")
-            self.names = [f"{self.split}.bin"]
+            (self.directory / self.names[0]).rename(self.directory / single_shard_name(self.split))
+            self.names = [single_shard_name(self.split)]
         return self.names
 
 
@@ -328,7 +307,7 @@ def prepare(
 
             meta["comparison"] = {"png": str(compare_png), "rows": compare_tokenizers(corpus, options)}
             plot_comparison(meta["comparison"]["rows"], compare_png)
-        (tmp / META).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+        write_meta(tmp, meta)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
@@ -342,16 +321,27 @@ def prepare(
     return meta
 
 
-def read_meta(data_dir: Path) -> dict[str, Any]:
-    path = Path(data_dir) / META
-    if not path.is_file():
-        raise GptlabError(f"{data_dir} is not a prepared data directory (no {META}); run `gptlab prepare --out {data_dir}` first")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise GptlabError(f"{path} is corrupt; run `gptlab prepare` again") from None
-
-
-def data_tokenizer(data_dir: Path) -> Tokenizer:
-    """The tokenizer a prepared data directory was made with."""
-    return load_tokenizer(read_meta(data_dir)["tokenizer"]["kind"], Path(data_dir))
+def prepare_summary(out_dir: Path, meta: dict[str, Any]) -> str:
+    """What `gptlab prepare` did, in a few lines for the terminal."""
+    lines = []
+    s, st, tok = meta["sizes"], meta["stats"], meta["tokenizer"]
+    lines.append(f"wrote {out_dir}: {tok['kind']} tokenizer, vocab {tok['vocab_size']:,}; {st['tokens']:,} tokens from "
+          f"{st['chars']:,} characters ({st['chars_per_token']:.2f} characters/token), unknown {100 * st['unknown_rate']:.2f}%")
+    lines.append(f"  train {s['train_tokens']:,} tokens ({s['train_documents']} documents, {len(meta['shards']['train'])} shard(s)), "
+          f"val {s['val_tokens']:,} tokens ({s['val_documents']} documents), split by {meta['split']['method']}")
+    for rule, counts in meta["cleaning"]["report"].items():
+        done = ", ".join(f"{v:,} {k.replace('_', ' ')}" for k, v in counts.items() if v) or "nothing"
+        lines.append(f"  {rule.replace('_', ' ')}: {done}")
+    skipped = meta["skipped"]
+    if skipped["binary"] or skipped["empty"]:
+        lines.append(f"  skipped {len(skipped['binary'])} binary and {len(skipped['empty'])} empty file(s) (listed in meta.json)")
+    if meta["encoding_errors"]["replaced"]:
+        lines.append(f"  replaced {meta['encoding_errors']['replaced']:,} invalid UTF-8 sequence(s) with U+FFFD")
+    if "comparison" in meta:
+        rows = meta["comparison"]["rows"]
+        for r in rows:
+            lines.append(f"  {r['kind']:>5}: vocab {r['vocab_size']:>6,}, {r['chars_per_token']:.2f} characters/token, "
+                  f"unknown {100 * r['unknown_rate']:.2f}% (on the first {r['chars']:,} characters)")
+        left_out = "" if any(r["kind"] == "gpt2" for r in rows) else " (gpt2 left out: give --tokenizer-file to include it)"
+        lines.append(f"wrote {meta['comparison']['png']}{left_out}")
+    return "\n".join(lines)

@@ -20,11 +20,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gptlab.checkpoint import Checkpoint
 from gptlab.data.batches import TokenData
 from gptlab.device import autocast
 from gptlab.errors import GptlabError
 from gptlab.tokenizers import Tokenizer
-from gptlab.training.checkpoint import Checkpoint
 
 Z95 = 1.96  # two-sided 95% quantile of the normal distribution
 LOGITS_BUDGET = 2**26  # logits held at once (256 MB in float32): sets how many windows go per batch
@@ -77,14 +77,16 @@ class EvalResult:
 
     def summary(self) -> str:
         lo, hi = self.perplexity_interval
-        return "\n".join([
-            f"{self.source}: {self.tokens:,} tokens, {self.chars:,} characters, {self.bytes:,} bytes",
-            f"  loss           {self.loss:.4f} ± {self.loss_ci:.4f} nats/token",
-            f"  perplexity     {self.perplexity:.3f} [{lo:.3f}, {hi:.3f}]",
-            f"  bits per char  {self.bits_per_char:.4f} ± {self.per_char_ci():.4f}",
-            f"  bits per byte  {self.bits_per_byte:.4f} ± {self.per_byte_ci():.4f}",
-            "  (± is the 95% interval 1.96 * std / sqrt(tokens) of the per-token losses)",
-        ])
+        return "\n".join(
+            [
+                f"{self.source}: {self.tokens:,} tokens, {self.chars:,} characters, {self.bytes:,} bytes",
+                f"  loss           {self.loss:.4f} ± {self.loss_ci:.4f} nats/token",
+                f"  perplexity     {self.perplexity:.3f} [{lo:.3f}, {hi:.3f}]",
+                f"  bits per char  {self.bits_per_char:.4f} ± {self.per_char_ci():.4f}",
+                f"  bits per byte  {self.bits_per_byte:.4f} ± {self.per_byte_ci():.4f}",
+                "  (± is the 95% interval 1.96 * std / sqrt(tokens) of the per-token losses)",
+            ]
+        )
 
 
 @torch.no_grad()
@@ -182,11 +184,15 @@ def split_ids(
     `max_tokens`; a name for them; and the (characters, bytes) meta.json records for the whole split."""
     data_dir = Path(data_dir) if data_dir is not None else data_dir_of(ckpt)
     if not data_dir.is_dir():
-        raise GptlabError(f"the data directory {data_dir} is gone; pass --data DIR or evaluate a held-out file with --text FILE")
+        raise GptlabError(
+            f"the data directory {data_dir} is gone; pass --data DIR or evaluate a held-out file with --text FILE"
+        )
     data = TokenData(data_dir)
     recorded = (ckpt.info.get("data") or {}).get("content_sha256")
     if data.meta["tokenizer"]["kind"] != ckpt.tokenizer.kind or data.vocab_size != ckpt.config.model.vocab_size:
-        raise GptlabError(f"{data_dir} was prepared with another tokenizer than {ckpt.dir}; use the run's own data directory")
+        raise GptlabError(
+            f"{data_dir} was prepared with another tokenizer than {ckpt.dir}; use the run's own data directory"
+        )
     if split not in data.splits:
         raise GptlabError(f"unknown split {split!r}; use train or val")
     name = f"{split} split of {data_dir}"
@@ -200,7 +206,9 @@ def split_ids(
     return np.asarray(tokens[:]), name, size
 
 
-def evaluate_split(ckpt: Checkpoint, split: str = "val", data_dir: Path | None = None, max_tokens: int | None = None) -> EvalResult:
+def evaluate_split(
+    ckpt: Checkpoint, split: str = "val", data_dir: Path | None = None, max_tokens: int | None = None
+) -> EvalResult:
     """Evaluate a split of the run's data directory; `max_tokens` keeps only its first tokens."""
     ids, name, size = split_ids(ckpt, split, data_dir, max_tokens)
     return evaluate_ids(ckpt, ids, name, size)[0]

@@ -1,11 +1,11 @@
 """Pictures of a trained model's insides, each a PNG drawn with matplotlib from a real checkpoint.
 
-    plot_attention      attention weights per layer and head for a prompt, tokens on both axes
-    plot_next_token     the next-token distribution after a prompt (top candidates)
-    plot_embeddings     the token embeddings projected to 2-D by PCA, labelled with their tokens
-    plot_loss_curves    the loss curves of one or several runs on one plot
-    plot_position_loss  mean loss by position in the context window
-    plot_residual_stream how much each attention and MLP branch writes into the residual stream
+plot_attention      attention weights per layer and head for a prompt, tokens on both axes
+plot_next_token     the next-token distribution after a prompt (top candidates)
+plot_embeddings     the token embeddings projected to 2-D by PCA, labelled with their tokens
+plot_loss_curves    the loss curves of one or several runs on one plot
+plot_position_loss  mean loss by position in the context window
+plot_residual_stream how much each attention and MLP branch writes into the residual stream
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from pathlib import Path
 
 import torch
 
+from gptlab.checkpoint import Checkpoint, RunDir
 from gptlab.errors import GptlabError
-from gptlab.training.checkpoint import Checkpoint
+from gptlab.evaluation.eval import evaluate_ids, split_ids
 from gptlab.training.metrics import read_metrics
 
 SHOWN = {" ": "␣", "\n": "↵", "\t": "⇥"}  # whitespace drawn as a visible glyph
@@ -75,7 +76,11 @@ def attention_weights(model: torch.nn.Module, ids: list[int]) -> list[torch.Tens
     for layer, block in enumerate(blocks):
         modes.append(block.attn.attention)
         block.attn.attention = "manual"
-        hooks.append(block.attn.attn_dropout.register_forward_hook(lambda m, i, out, layer=layer: caught[layer].append(out.detach().float().cpu())))
+        hooks.append(
+            block.attn.attn_dropout.register_forward_hook(
+                lambda m, i, out, layer=layer: caught[layer].append(out.detach().float().cpu())
+            )
+        )
     was_training = model.training
     model.eval()
     try:
@@ -104,7 +109,9 @@ def plot_attention(ckpt: Checkpoint, prompt: str, out: Path, layers: list[int] |
     T = len(ids)
     cell = max(2.2, 0.16 * T + 0.8)
     plt = pyplot()
-    fig, axes = plt.subplots(len(layers), n_head, figsize=(cell * n_head + 1, cell * len(layers) + 0.5), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        len(layers), n_head, figsize=(cell * n_head + 1, cell * len(layers) + 0.5), squeeze=False, layout="constrained"
+    )
     for r, layer in enumerate(layers):
         for h in range(n_head):
             ax = axes[r][h]
@@ -132,7 +139,9 @@ def next_token_distribution(ckpt: Checkpoint, prompt: str, temperature: float = 
     return torch.softmax(logits[0, -1].float().cpu() / temperature, dim=-1)
 
 
-def plot_next_token(ckpt: Checkpoint, prompt: str, out: Path, top: int = 20, temperatures: tuple[float, ...] = (1.0,)) -> Path:
+def plot_next_token(
+    ckpt: Checkpoint, prompt: str, out: Path, top: int = 20, temperatures: tuple[float, ...] = (1.0,)
+) -> Path:
     """Horizontal bars of the `top` most likely next tokens, one set of bars per temperature."""
     dists = [next_token_distribution(ckpt, prompt, t) for t in temperatures]
     probs, ids = dists[0].topk(min(top, dists[0].numel()))
@@ -157,7 +166,9 @@ def token_category(label: str) -> str:
     if label in ("<eot>", "∅") or c in SHOWN.values():
         return "whitespace / end of text"
     kind = unicodedata.category(c)
-    return {"Lu": "upper-case letter", "Ll": "lower-case letter", "Nd": "digit"}.get(kind, "punctuation / other" if kind[0] in "PS" else "other")
+    return {"Lu": "upper-case letter", "Ll": "lower-case letter", "Nd": "digit"}.get(
+        kind, "punctuation / other" if kind[0] in "PS" else "other"
+    )
 
 
 def embedding_projection(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,7 +177,9 @@ def embedding_projection(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Te
     Returns (coords (vocab, 2), share of the variance each component explains)."""
     wte = getattr(getattr(model, "transformer", None), "wte", None)
     if wte is None:
-        raise GptlabError(f"this model ({type(model).__name__}) has no token embeddings (wte) to project; use a GPT checkpoint")
+        raise GptlabError(
+            f"this model ({type(model).__name__}) has no token embeddings (wte) to project; use a GPT checkpoint"
+        )
     w = wte.weight.detach().float().cpu()
     w = w - w.mean(dim=0)
     _, s, vh = torch.linalg.svd(w, full_matrices=False)
@@ -184,13 +197,18 @@ def plot_embeddings(ckpt: Checkpoint, out: Path, max_labels: int = 300) -> Path:
     colors = dict(zip(sorted(set(cats)), plt.get_cmap("tab10").colors))
     ax.scatter(coords[:, 0], coords[:, 1], s=3, color="lightgray")
     for i, (label, cat) in enumerate(zip(labels, cats)):
-        ax.annotate(label, (coords[i, 0].item(), coords[i, 1].item()), fontsize=11, ha="center", va="center", color=colors[cat])
+        ax.annotate(
+            label, (coords[i, 0].item(), coords[i, 1].item()), fontsize=11, ha="center", va="center", color=colors[cat]
+        )
     for cat, color in colors.items():
         ax.scatter([], [], color=color, label=cat)
     ax.legend(fontsize=8, loc="best")
     ax.set_xlabel(f"principal component 1 ({share[0]:.0%} of the variance)")
     ax.set_ylabel(f"principal component 2 ({share[1]:.0%} of the variance)")
-    ax.set_title(f"token embeddings (wte), {coords.size(0)} tokens" + (f", first {max_labels} labelled" if coords.size(0) > max_labels else ""))
+    ax.set_title(
+        f"token embeddings (wte), {coords.size(0)} tokens"
+        + (f", first {max_labels} labelled" if coords.size(0) > max_labels else "")
+    )
     ax.grid(alpha=0.3)
     return save(fig, out)
 
@@ -204,8 +222,10 @@ def plot_loss_curves(run_dirs: list[Path], out: Path, names: list[str] | None = 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for k, run in enumerate(run_dirs):
-        if not (run / "metrics.jsonl").is_file():
-            raise GptlabError(f"{run} has no metrics.jsonl; point at a run directory written by `gptlab train`")
+        if not RunDir(run).metrics.is_file():
+            raise GptlabError(
+                f"{run} has no {RunDir(run).metrics.name}; point at a run directory written by `gptlab train`"
+            )
         evals = [r for r in read_metrics(run) if r["kind"] == "eval"]
         name = names[k]
         color = plt.get_cmap("tab10")(k % 10)
@@ -230,7 +250,9 @@ def position_loss(losses: torch.Tensor, positions: torch.Tensor, block_size: int
     return mean, 1.96 * (var / count).sqrt()
 
 
-def plot_position_loss(losses: torch.Tensor, positions: torch.Tensor, block_size: int, out: Path, title: str = "") -> Path:
+def plot_position_loss(
+    losses: torch.Tensor, positions: torch.Tensor, block_size: int, out: Path, title: str = ""
+) -> Path:
     """Mean loss against the number of tokens of context (from `evaluation.eval.evaluate_ids`)."""
     mean, ci = position_loss(losses, positions, block_size)
     x = torch.arange(block_size)
@@ -258,9 +280,17 @@ def residual_norms(model: torch.nn.Module, ids: list[int]) -> dict[str, list[flo
 
     hooks = []
     for block in blocks:
-        hooks.append(block.register_forward_pre_hook(lambda m, args: norms["stream"].append(args[0].float().norm(dim=-1).mean().item())))
+        hooks.append(
+            block.register_forward_pre_hook(
+                lambda m, args: norms["stream"].append(args[0].float().norm(dim=-1).mean().item())
+            )
+        )
         hooks += [block.attn.register_forward_hook(keep("attn")), block.mlp.register_forward_hook(keep("mlp"))]
-    hooks.append(model.transformer.ln_f.register_forward_pre_hook(lambda m, args: norms["stream"].append(args[0].float().norm(dim=-1).mean().item())))
+    hooks.append(
+        model.transformer.ln_f.register_forward_pre_hook(
+            lambda m, args: norms["stream"].append(args[0].float().norm(dim=-1).mean().item())
+        )
+    )
     was_training = model.training
     model.eval()
     try:
@@ -280,11 +310,59 @@ def plot_residual_stream(ckpt: Checkpoint, text: str, out: Path) -> Path:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(range(n + 1), norms["stream"], "o-", color="black", label="residual stream x (entering block / ln_f)")
-    ax.bar([i - 0.2 + 0.5 for i in range(n)], norms["attn"], width=0.35, label="added by the attention branch", color="tab:orange")
-    ax.bar([i + 0.2 + 0.5 for i in range(n)], norms["mlp"], width=0.35, label="added by the MLP branch", color="tab:green")
+    ax.bar(
+        [i - 0.2 + 0.5 for i in range(n)],
+        norms["attn"],
+        width=0.35,
+        label="added by the attention branch",
+        color="tab:orange",
+    )
+    ax.bar(
+        [i + 0.2 + 0.5 for i in range(n)], norms["mlp"], width=0.35, label="added by the MLP branch", color="tab:green"
+    )
     ax.set_xticks(range(n + 1), [f"block {i}" for i in range(n)] + ["ln_f"])
     ax.set_ylabel("mean L2 norm per position")
     ax.set_title(f"the residual stream through the layers ({len(ids)} tokens)")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     return save(fig, out)
+
+
+PICTURES = ("attention", "next-token", "embeddings", "loss", "position-loss", "residual")
+
+
+def draw(
+    ckpt: Checkpoint,
+    out: Path,
+    pictures: tuple[str, ...] = PICTURES,
+    *,
+    prompt: str = "ROMEO:\nWhat light",
+    layers: list[int] | None = None,
+    top: int = 20,
+    temperatures: tuple[float, ...] = (1.0,),
+    split: str = "val",
+    max_tokens: int = 200_000,
+    compare: list[Path] = (),
+) -> list[Path]:
+    """Draw the named pictures of `ckpt` into the folder `out`; returns the files written."""
+    out = Path(out)
+    written = []
+    if "attention" in pictures:
+        written.append(plot_attention(ckpt, prompt, out / "attention.png", layers))
+    if "next-token" in pictures:
+        written.append(plot_next_token(ckpt, prompt, out / "next_token.png", top, temperatures))
+    if "embeddings" in pictures:
+        written.append(plot_embeddings(ckpt, out / "embeddings.png"))
+    if "loss" in pictures:
+        run = ckpt.dir.parent if RunDir(ckpt.dir.parent).metrics.is_file() else ckpt.dir
+        written.append(plot_loss_curves([run, *compare], out / "loss_curves.png"))
+    if "position-loss" in pictures:
+        ids, name, size = split_ids(ckpt, split, max_tokens=max_tokens)
+        _, losses, positions = evaluate_ids(ckpt, ids, name, size)
+        title = f"loss by position, {split} split"
+        written.append(
+            plot_position_loss(losses, positions, ckpt.config.model.block_size, out / "position_loss.png", title)
+        )
+    if "residual" in pictures:
+        written.append(plot_residual_stream(ckpt, prompt, out / "residual_stream.png"))
+    return written

@@ -2,30 +2,23 @@
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 from pathlib import Path
 
 import torch
 
+from gptlab.checkpoint import RunDir, load_checkpoint
+from gptlab.data.format import is_data_dir, read_meta
 from gptlab.errors import GptlabError
 from gptlab.evaluation.eval import evaluate_split
-from gptlab.training.checkpoint import load_checkpoint
-from gptlab.training.metrics import METRICS, plot_loss, read_metrics
-
-REPORT = "report.md"
+from gptlab.training.metrics import plot_loss, read_metrics
 
 
 def markdown_table(rows: list[tuple], header: tuple) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
     return "\n".join(lines)
-
-
-def read_data_meta(data_dir: Path) -> dict | None:
-    path = Path(data_dir) / "meta.json"
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def throughput(rows: list[dict], cfg: dict) -> dict | None:
@@ -47,45 +40,73 @@ def throughput(rows: list[dict], cfg: dict) -> dict | None:
     }
 
 
-def write_report(run_dir: Path, out: Path | None = None, samples: int = 2, sample_tokens: int = 300, evaluate: bool = True) -> Path:
+def write_report(
+    run_dir: Path, out: Path | None = None, samples: int = 2, sample_tokens: int = 300, evaluate: bool = True
+) -> Path:
     """Write RUN/report.md (or `out`) and the loss picture it shows; returns the page's path."""
     from gptlab.generation.generate import generate
 
     run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file() or not (run_dir / METRICS).is_file():
-        raise GptlabError(f"{run_dir} is not a run directory (no config.json and {METRICS}); point at a directory written by `gptlab train`")
-    run_info = json.loads((run_dir / "config.json").read_text())
+    run = RunDir(run_dir)
+    if not run.metrics.is_file():
+        raise GptlabError(
+            f"{run_dir} is not a run directory (no {run.metrics.name}); point at a directory written by `gptlab train`"
+        )
+    run_info = run.read_record()
     cfg = run_info["run"]
     rows = read_metrics(run_dir)
     evals = [r for r in rows if r["kind"] == "eval"]
     ckpt = load_checkpoint(run_dir)
-    out = Path(out) if out else run_dir / REPORT
+    out = Path(out) if out else run.report
     loss_png = plot_loss(run_dir, out.with_name(out.stem + "_loss.png"))
 
     parts = [f"# Run report: {run_dir.name}", ""]
     parts += ["## Model and training", ""]
-    parts.append(f"{ckpt.model.num_params():,} parameters (without position embeddings), "
-                 f"checkpoint `{ckpt.dir.name}` from step {ckpt.info.get('step', '?')}.")
-    parts += ["", markdown_table([(f"{section}.{k}", v) for section in ("model", "train") for k, v in cfg[section].items()], ("key", "value")), ""]
+    parts.append(
+        f"{ckpt.model.num_params():,} parameters (without position embeddings), "
+        f"checkpoint `{ckpt.dir.name}` from step {ckpt.info.get('step', '?')}."
+    )
+    parts += [
+        "",
+        markdown_table(
+            [(f"{section}.{k}", v) for section in ("model", "train") for k, v in cfg[section].items()], ("key", "value")
+        ),
+        "",
+    ]
 
     parts += ["## Data", ""]
     data_dir = Path(run_info.get("data_dir", ""))
-    meta = read_data_meta(data_dir) if run_info.get("data_dir") else None
+    meta = read_meta(data_dir) if run_info.get("data_dir") and is_data_dir(data_dir) else None
     if meta is None:
         parts.append(f"The data directory `{data_dir}` recorded in config.json is no longer there.")
     else:
         s, tok = meta["sizes"], meta["tokenizer"]
-        parts.append(markdown_table([
-            ("directory", f"`{data_dir}`"),
-            ("sources", ", ".join(meta["sources"])),
-            ("tokenizer", f"{tok['kind']}, vocabulary {tok['vocab_size']:,}"),
-            ("split", f"by {meta['split']['method']}, val fraction {meta['split']['val_fraction']}"),
-            ("train", f"{s['train_tokens']:,} tokens, {s['train_chars']:,} characters, {s['train_documents']} documents"),
-            ("val", f"{s['val_tokens']:,} tokens, {s['val_chars']:,} characters, {s['val_documents']} documents"),
-            ("content sha256", meta["content_sha256"][:16] + "…"),
-        ], ("", "")))
+        parts.append(
+            markdown_table(
+                [
+                    ("directory", f"`{data_dir}`"),
+                    ("sources", ", ".join(meta["sources"])),
+                    ("tokenizer", f"{tok['kind']}, vocabulary {tok['vocab_size']:,}"),
+                    ("split", f"by {meta['split']['method']}, val fraction {meta['split']['val_fraction']}"),
+                    (
+                        "train",
+                        f"{s['train_tokens']:,} tokens, {s['train_chars']:,} characters, {s['train_documents']} "
+                        "documents",
+                    ),
+                    (
+                        "val",
+                        f"{s['val_tokens']:,} tokens, {s['val_chars']:,} characters, {s['val_documents']} documents",
+                    ),
+                    ("content sha256", meta["content_sha256"][:16] + "…"),
+                ],
+                ("", ""),
+            )
+        )
         if (ckpt.info.get("data") or {}).get("content_sha256") not in (None, meta["content_sha256"]):
-            parts += ["", "**The data directory was prepared again after training: its text differs from what the model saw.**"]
+            parts += [
+                "",
+                "**The data directory was prepared again after training: its text differs from what the model saw.**",
+            ]
     parts.append("")
 
     parts += ["## Loss", "", f"![loss curves]({loss_png.name})", ""]
@@ -98,34 +119,55 @@ def write_report(run_dir: Path, out: Path | None = None, samples: int = 2, sampl
             (f"best val estimate (step {best['step']})", f"{best['train_loss']:.4f}", f"{best['val_loss']:.4f}"),
         ]
     parts.append(markdown_table(metric_rows, ("", "train loss", "val loss")))
-    parts += ["", f"Estimates: mean over {cfg['train']['eval_iters']} random batches of "
-                  f"{cfg['train']['batch_size']} × {cfg['model']['block_size']} tokens per split (`estimate_loss`).", ""]
+    parts += [
+        "",
+        f"Estimates: mean over {cfg['train']['eval_iters']} random batches of "
+        f"{cfg['train']['batch_size']} × {cfg['model']['block_size']} tokens per split (`estimate_loss`).",
+        "",
+    ]
     if evaluate and meta is not None:
         result = evaluate_split(ckpt, "val", data_dir)
         lo, hi = result.perplexity_interval
         parts.append(f"Whole val split, best checkpoint (`gptlab eval`), 95% intervals from {result.tokens:,} tokens:")
-        parts += ["", markdown_table([
-            ("loss (nats/token)", f"{result.loss:.4f} ± {result.loss_ci:.4f}"),
-            ("perplexity", f"{result.perplexity:.3f} [{lo:.3f}, {hi:.3f}]"),
-            ("bits per character", f"{result.bits_per_char:.4f} ± {result.per_char_ci():.4f}"),
-            ("bits per byte", f"{result.bits_per_byte:.4f} ± {result.per_byte_ci():.4f}"),
-        ], ("metric", "value")), ""]
+        parts += [
+            "",
+            markdown_table(
+                [
+                    ("loss (nats/token)", f"{result.loss:.4f} ± {result.loss_ci:.4f}"),
+                    ("perplexity", f"{result.perplexity:.3f} [{lo:.3f}, {hi:.3f}]"),
+                    ("bits per character", f"{result.bits_per_char:.4f} ± {result.per_char_ci():.4f}"),
+                    ("bits per byte", f"{result.bits_per_byte:.4f} ± {result.per_byte_ci():.4f}"),
+                ],
+                ("metric", "value"),
+            ),
+            "",
+        ]
 
     parts += ["## Throughput", ""]
     speed = throughput(rows, cfg)
     if speed:
-        parts.append(markdown_table([
-            ("steps", f"{speed['steps']:,}"),
-            ("tokens trained on", f"{speed['tokens']:,}"),
-            ("training time (evaluation excluded)", f"{speed['seconds']:,.1f} s"),
-            ("tokens/s (median of logged intervals)", f"{speed['median_tokens_per_s']:,.0f}"),
-            ("tokens/s (min – max)", f"{speed['min_tokens_per_s']:,.0f} – {speed['max_tokens_per_s']:,.0f}"),
-            ("device", cfg["train"]["device"]),
-        ], ("", "")))
+        parts.append(
+            markdown_table(
+                [
+                    ("steps", f"{speed['steps']:,}"),
+                    ("tokens trained on", f"{speed['tokens']:,}"),
+                    ("training time (evaluation excluded)", f"{speed['seconds']:,.1f} s"),
+                    ("tokens/s (median of logged intervals)", f"{speed['median_tokens_per_s']:,.0f}"),
+                    ("tokens/s (min – max)", f"{speed['min_tokens_per_s']:,.0f} – {speed['max_tokens_per_s']:,.0f}"),
+                    ("device", cfg["train"]["device"]),
+                ],
+                ("", ""),
+            )
+        )
     parts.append("")
 
-    parts += ["## Samples", "", f"{samples} samples of {sample_tokens} tokens from the start of a document "
-              "(temperature 0.8, top-k 200, seed 0):", ""]
+    parts += [
+        "## Samples",
+        "",
+        f"{samples} samples of {sample_tokens} tokens from the start of a document "
+        "(temperature 0.8, top-k 200, seed 0):",
+        "",
+    ]
     gen = torch.Generator(device=next(ckpt.model.parameters()).device).manual_seed(0)
     for ids in generate(ckpt.model, [ckpt.tokenizer.eot_id], sample_tokens, 0.8, 200, samples, gen):
         parts += ["```text", ckpt.tokenizer.decode(ids).replace("```", "'''"), "```", ""]

@@ -134,7 +134,9 @@ class Console:
             value = parse(arg)
         except ValueError:
             example = "0.7" if parse is float else "50"
-            return self._say(f"/{command} needs a {'number' if parse is float else 'whole number'}, e.g. /{command} {example}")
+            return self._say(
+                f"/{command} needs a {'number' if parse is float else 'whole number'}, e.g. /{command} {example}"
+            )
         if field == "top_k" and value == 0 or field == "top_p" and value == 1:
             value = None  # all tokens
         changed = dataclasses.replace(self.settings, **{field: value})

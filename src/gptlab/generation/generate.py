@@ -20,12 +20,19 @@ from gptlab.models import GPT, KVCache
 from gptlab.tokenizers import Tokenizer
 
 
-def encode_prompt(tokenizer: Tokenizer, text: str, block_size: int) -> list[int]:
-    """Prompt text -> ids; an empty prompt starts a new document (the end-of-text token)."""
+def encode_prompt(tokenizer: Tokenizer, text: str, block_size: int, truncate: bool = False) -> list[int]:
+    """Prompt text -> ids; an empty prompt starts a new document (the end-of-text token).
+
+    The window policy, the same in the API, the console and the server: a prompt longer than the
+    model's context is an error, unless truncate=True, which keeps its last block_size tokens (the
+    model could not see the earlier ones anyway)."""
     ids = tokenizer.encode(text) if text else [tokenizer.eot_id]
     if len(ids) > block_size:
+        if truncate:
+            return ids[-block_size:]
         raise GptlabError(
-            f"the prompt is {len(ids)} tokens, longer than the model's context of {block_size} tokens (block_size); shorten it"
+            f"the prompt is {len(ids)} tokens, longer than the model's context of {block_size} tokens (block_size); "
+            "shorten it, or let gptlab keep its last tokens (truncate=True)"
         )
     return ids
 

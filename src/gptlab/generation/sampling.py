@@ -27,7 +27,9 @@ class SamplingSettings:
 
     def validate(self) -> SamplingSettings:
         if self.max_new_tokens < 0:
-            raise GptlabError(f"max new tokens (--max-new-tokens; /max in chat) must be >= 0, got {self.max_new_tokens}")
+            raise GptlabError(
+                f"max new tokens (--max-new-tokens; /max in chat) must be >= 0, got {self.max_new_tokens}"
+            )
         if self.temperature < 0:
             raise GptlabError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
         if self.top_k is not None and self.top_k < 0:

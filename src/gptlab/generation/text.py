@@ -1,10 +1,10 @@
 """Text in, text out: a trained model with its tokenizer, for notebooks, the CLI and the console.
 
-    from gptlab.generation import load
-    lm = load("runs/demo")
-    print(lm.generate("ROMEO:", max_new_tokens=200, temperature=0.8, seed=1))
-    for piece in lm.stream("JULIET:", stop=["\\n\\n"]):
-        print(piece, end="", flush=True)
+from gptlab.generation import load
+lm = load("runs/demo")
+print(lm.generate("ROMEO:", max_new_tokens=200, temperature=0.8, seed=1))
+for piece in lm.stream("JULIET:", stop=["\\n\\n"]):
+    print(piece, end="", flush=True)
 """
 
 from __future__ import annotations
@@ -100,8 +100,8 @@ class TextGenerator:
 
 def load(path: str | Path, device: str = "auto", **settings) -> TextGenerator:
     """A TextGenerator for a run directory (its best checkpoint) or a checkpoint directory."""
+    from gptlab.checkpoint import load_checkpoint
     from gptlab.device import resolve_device, setup_device
-    from gptlab.training.checkpoint import load_checkpoint
 
     dev = resolve_device(device)
     setup_device(dev)

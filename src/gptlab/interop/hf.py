@@ -21,11 +21,11 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from gptlab.checkpoint import CONFIG, WEIGHTS, load_checkpoint, read_info, resolve_checkpoint, save_checkpoint
 from gptlab.config import ModelConfig, RunConfig
 from gptlab.errors import GptlabError
 from gptlab.models import GPT
 from gptlab.tokenizers import Tokenizer
-from gptlab.training.checkpoint import CONFIG, WEIGHTS, load_checkpoint, read_info, resolve_checkpoint, save_checkpoint
 
 SHARD_INDEX = "model.safetensors.index.json"  # save_pretrained splits large models into shards
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -56,31 +56,54 @@ def gpt2_incompatibilities(cfg: ModelConfig) -> list[str]:
     ]
     n_kv_head = getattr(cfg, "n_kv_head", 0)
     if n_kv_head not in (0, cfg.n_head):
-        problems.append(f"n_kv_head={n_kv_head} (GPT-2: n_head={cfg.n_head}): GPT-2 has a key/value head per query head, no grouped-query attention")
+        problems.append(
+            f"n_kv_head={n_kv_head} (GPT-2: n_head={cfg.n_head}): GPT-2 has a key/value head per query head, no "
+            "grouped-query attention"
+        )
     return problems
 
 
 def model_config_from_hf(hf: dict[str, Any], source: Path) -> ModelConfig:
     """A GPT-2 config.json -> our ModelConfig, or an error naming what GPT-2 feature we lack."""
+
     def need(condition: bool, what: str) -> None:
         if not condition:
-            raise GptlabError(f"{source}: {what}; gptlab can import only GPT-2 models that compute what its GPT computes")
+            raise GptlabError(
+                f"{source}: {what}; gptlab can import only GPT-2 models that compute what its GPT computes"
+            )
 
     need(hf.get("model_type", "gpt2") == "gpt2", f"model_type is {hf.get('model_type')!r}, not 'gpt2'")
     for key in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
         need(isinstance(hf.get(key), int), f"config.json has no integer {key!r}")
     act = hf.get("activation_function", "gelu_new")
-    need(act in TANH_GELU, f"activation_function is {act!r}; gptlab's GPT-2 MLP uses the tanh GELU ({' or '.join(TANH_GELU)})")
+    need(
+        act in TANH_GELU,
+        f"activation_function is {act!r}; gptlab's GPT-2 MLP uses the tanh GELU ({' or '.join(TANH_GELU)})",
+    )
     eps = hf.get("layer_norm_epsilon", LAYER_NORM_EPS)
     need(abs(eps - LAYER_NORM_EPS) <= 1e-12, f"layer_norm_epsilon is {eps}; gptlab's LayerNorm uses {LAYER_NORM_EPS}")
     n_inner = hf.get("n_inner")
-    need(n_inner in (None, 4 * hf["n_embd"]), f"n_inner is {n_inner}; gptlab's MLP is 4 * n_embd = {4 * hf['n_embd']} wide")
-    need(hf.get("scale_attn_weights", True), "scale_attn_weights is false; gptlab scales attention scores by 1/sqrt(head size)")
-    need(not hf.get("scale_attn_by_inverse_layer_idx", False), "scale_attn_by_inverse_layer_idx is true; gptlab does not scale attention by layer")
+    need(
+        n_inner in (None, 4 * hf["n_embd"]),
+        f"n_inner is {n_inner}; gptlab's MLP is 4 * n_embd = {4 * hf['n_embd']} wide",
+    )
+    need(
+        hf.get("scale_attn_weights", True),
+        "scale_attn_weights is false; gptlab scales attention scores by 1/sqrt(head size)",
+    )
+    need(
+        not hf.get("scale_attn_by_inverse_layer_idx", False),
+        "scale_attn_by_inverse_layer_idx is true; gptlab does not scale attention by layer",
+    )
     need(not hf.get("add_cross_attention", False), "add_cross_attention is true; gptlab's GPT is decoder-only")
     cfg = ModelConfig(
-        vocab_size=hf["vocab_size"], block_size=hf["n_positions"], n_layer=hf["n_layer"], n_head=hf["n_head"],
-        n_embd=hf["n_embd"], dropout=0.0, bias=True,
+        vocab_size=hf["vocab_size"],
+        block_size=hf["n_positions"],
+        n_layer=hf["n_layer"],
+        n_head=hf["n_head"],
+        n_embd=hf["n_embd"],
+        dropout=0.0,
+        bias=True,
     )
     for name, gpt2, _ in GPT2_OPTIONS:  # pin GPT-2's choices, whatever the defaults are
         if hasattr(cfg, name):
@@ -130,9 +153,12 @@ def weight_files(src: Path) -> dict[str, Path]:
     if any((src / name).exists() for name in ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack")):
         raise GptlabError(
             f"{src} has no {WEIGHTS}: gptlab reads only safetensors (a pytorch_model.bin is a pickle that can run code "
-            "when loaded); fetch the model's model.safetensors, or convert a file you trust with transformers' save_pretrained"
+            "when loaded); fetch the model's model.safetensors, or convert a file you trust with transformers' "
+            "save_pretrained"
         )
-    raise GptlabError(f"{src} holds no {WEIGHTS}; point at a Hugging Face GPT-2 directory (config.json + model.safetensors)")
+    raise GptlabError(
+        f"{src} holds no {WEIGHTS}; point at a Hugging Face GPT-2 directory (config.json + model.safetensors)"
+    )
 
 
 def read_safetensors_names(path: Path) -> list[str]:
@@ -140,7 +166,9 @@ def read_safetensors_names(path: Path) -> list[str]:
         with safe_open(str(path), "pt") as f:
             return list(f.keys())
     except (SafetensorError, OSError) as e:
-        raise GptlabError(f"{path} is not a readable safetensors file ({str(e).splitlines()[0][:100]}); fetch it again") from None
+        raise GptlabError(
+            f"{path} is not a readable safetensors file ({str(e).splitlines()[0][:100]}); fetch it again"
+        ) from None
 
 
 @torch.no_grad()
@@ -154,7 +182,9 @@ def load_hf_weights(model: GPT, files: dict[str, Path]) -> None:
         for name, param in model.named_parameters():  # the tied lm_head.weight is listed once, as wte
             key = name.removeprefix("transformer.")
             if key not in names:
-                raise GptlabError(f"the weights have no tensor {key!r}; this is not a GPT-2 model of the shape its config.json says")
+                raise GptlabError(
+                    f"the weights have no tensor {key!r}; this is not a GPT-2 model of the shape its config.json says"
+                )
             path = files[names[key]]
             if path not in handles:
                 handles[path] = safe_open(str(path), "pt")
@@ -162,25 +192,38 @@ def load_hf_weights(model: GPT, files: dict[str, Path]) -> None:
             if key.endswith(CONV1D):
                 tensor = tensor.t()
             if tensor.shape != param.shape:
-                raise GptlabError(f"tensor {key!r} has shape {tuple(tensor.shape)}, expected {tuple(param.shape)} from config.json")
+                raise GptlabError(
+                    f"tensor {key!r} has shape {tuple(tensor.shape)}, expected {tuple(param.shape)} from config.json"
+                )
             param.copy_(tensor)
             used.add(names[key])
         if "lm_head.weight" in names:  # a saved head must be the embedding, as GPT-2 ties them
             path = files[names["lm_head.weight"]]
             handles.setdefault(path, safe_open(str(path), "pt"))
-            if not torch.equal(handles[path].get_tensor("lm_head.weight").to(model.lm_head.weight.dtype), model.lm_head.weight):
-                raise GptlabError("lm_head.weight differs from the token embedding wte; gptlab imports only GPT-2 models with a tied head")
+            if not torch.equal(
+                handles[path].get_tensor("lm_head.weight").to(model.lm_head.weight.dtype), model.lm_head.weight
+            ):
+                raise GptlabError(
+                    "lm_head.weight differs from the token embedding wte; gptlab imports only GPT-2 models with a "
+                    "tied head"
+                )
             used.add("lm_head.weight")
     except (SafetensorError, OSError) as e:
-        raise GptlabError(f"the weight files cannot be read ({str(e).splitlines()[0][:100]}); fetch them again") from None
+        raise GptlabError(
+            f"the weight files cannot be read ({str(e).splitlines()[0][:100]}); fetch them again"
+        ) from None
     unexpected = [n for n in files if n not in used and not n.endswith(MASK_BUFFERS)]
     if unexpected:
-        raise GptlabError(f"the weights hold tensors GPT-2 does not have ({', '.join(unexpected[:3])}); this is not a GPT-2 model")
+        raise GptlabError(
+            f"the weights hold tensors GPT-2 does not have ({', '.join(unexpected[:3])}); this is not a GPT-2 model"
+        )
 
 
 def read_hf_config(src: Path) -> ModelConfig:
     if not (src / CONFIG).is_file():
-        raise GptlabError(f"{src} has no {CONFIG}; point at a Hugging Face GPT-2 directory (config.json + model.safetensors)")
+        raise GptlabError(
+            f"{src} has no {CONFIG}; point at a Hugging Face GPT-2 directory (config.json + model.safetensors)"
+        )
     try:
         hf_config = json.loads((src / CONFIG).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -222,7 +265,9 @@ def vocab_merges_from_tokenizer_json(path: Path, out_dir: Path) -> Path:
         if model.get("type", "BPE") != "BPE":
             raise KeyError
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
-        raise GptlabError(f"{path} is not a BPE tokenizer.json; pass --tokenizer-file PATH to GPT-2's gpt2.tiktoken or vocab.json") from None
+        raise GptlabError(
+            f"{path} is not a BPE tokenizer.json; pass --tokenizer-file PATH to GPT-2's gpt2.tiktoken or vocab.json"
+        ) from None
     (out_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
     pairs = (m if isinstance(m, str) else " ".join(m) for m in merges)  # "a b" in older files, ["a", "b"] in newer
     (out_dir / "merges.txt").write_text("#version: 0.2\n" + "".join(p + "\n" for p in pairs))
@@ -243,8 +288,13 @@ def import_gpt2(src_dir: Path, out_dir: Path, tokenizer_file: Path | None = None
     model = GPT(cfg)
     load_hf_weights(model, files)
     info = {
-        "tokenizer": {"kind": tokenizer.kind, "file": tokenizer.file_name, "vocab_size": tokenizer.vocab_size,
-                      "eot_id": tokenizer.eot_id, "unk_id": tokenizer.unk_id},  # as prepare's meta.json records it
+        "tokenizer": {
+            "kind": tokenizer.kind,
+            "file": tokenizer.file_name,
+            "vocab_size": tokenizer.vocab_size,
+            "eot_id": tokenizer.eot_id,
+            "unk_id": tokenizer.unk_id,
+        },  # as prepare's meta.json records it
         "imported_from": {"format": "huggingface-gpt2", "dir": str(src.resolve())},
         "step": 0,
     }
@@ -258,7 +308,9 @@ def export_hf(checkpoint: Path, out_dir: Path, overwrite: bool = False) -> Path:
     from gptlab.interop.hf_tokenizers import save_hf_tokenizer
 
     ckpt_dir = resolve_checkpoint(checkpoint)
-    problems = gpt2_incompatibilities(RunConfig.from_dict(read_info(ckpt_dir)["run"]).model)  # before loading any weights
+    problems = gpt2_incompatibilities(
+        RunConfig.from_dict(read_info(ckpt_dir)["run"]).model
+    )  # before loading any weights
     if problems:
         raise GptlabError(f"{ckpt_dir} cannot be written as GPT-2: " + "; ".join(problems))
     out = Path(out_dir)
@@ -305,4 +357,6 @@ def check_output_dir(out: Path, overwrite: bool, marker: str) -> None:
         if not overwrite:
             raise GptlabError(f"{out} already exists; choose another output directory or pass --overwrite")
         if not (out / marker).is_file():
-            raise GptlabError(f"{out} is not empty and holds no {marker}; refusing to replace it, choose another output directory")
+            raise GptlabError(
+                f"{out} is not empty and holds no {marker}; refusing to replace it, choose another output directory"
+            )

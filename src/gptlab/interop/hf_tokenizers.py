@@ -42,10 +42,14 @@ def word_to_hf(tok) -> HFTokenizer:
     from gptlab.tokenizers.word import TOKEN_RE
 
     hf = HFTokenizer(models.WordLevel({t: i for i, t in enumerate(tok.tokens)}, unk_token=tok.tokens[tok.unk_id]))
-    hf.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(r"[^\S\n]+"), behavior="removed"),  # spaces and tabs are not tokens; line breaks are
-        pre_tokenizers.Split(Regex(TOKEN_RE.pattern), behavior="isolated"),
-    ])
+    hf.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(
+                Regex(r"[^\S\n]+"), behavior="removed"
+            ),  # spaces and tabs are not tokens; line breaks are
+            pre_tokenizers.Split(Regex(TOKEN_RE.pattern), behavior="isolated"),
+        ]
+    )
     return hf
 
 
@@ -75,7 +79,9 @@ def merges_from_ranks(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
             pair_ranks = [ranks.get(a + b, rank) for a, b in zip(parts, parts[1:])]
             i = min(range(len(pair_ranks)), key=pair_ranks.__getitem__)
             if pair_ranks[i] >= rank:
-                raise GptlabError(f"token {token!r} cannot be built from earlier merges; the GPT-2 vocabulary file is inconsistent")
+                raise GptlabError(
+                    f"token {token!r} cannot be built from earlier merges; the GPT-2 vocabulary file is inconsistent"
+                )
             parts[i : i + 2] = [parts[i] + parts[i + 1]]
         if len(parts) == 2:
             merges.append((parts[0], parts[1]))
@@ -100,7 +106,10 @@ CONVERTERS = {"char": char_to_hf, "word": word_to_hf, "bpe": bpe_to_hf, "gpt2": 
 
 def to_hf_tokenizer(tok: Tokenizer) -> HFTokenizer:
     if tok.kind not in CONVERTERS:
-        raise GptlabError(f"the {tok.kind!r} tokenizer cannot be exported for transformers yet; kinds that can: {', '.join(CONVERTERS)}")
+        raise GptlabError(
+            f"the {tok.kind!r} tokenizer cannot be exported for transformers yet; kinds that can: "
+            f"{', '.join(CONVERTERS)}"
+        )
     hf = CONVERTERS[tok.kind](tok)
     hf.add_special_tokens([AddedToken(EOT, special=True, normalized=False)])
     return hf

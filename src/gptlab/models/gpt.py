@@ -70,7 +70,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
 
 
-def manual_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout: nn.Module) -> torch.Tensor:
+def manual_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout: nn.Module
+) -> torch.Tensor:
     """softmax(Q K^T / sqrt(d_head) + mask) V, head by head: the textbook form, the reference for SDPA.
 
     q: (B, H, T, D); k, v: (B, H_kv, S, D), each key/value head shared by H / H_kv query heads;
@@ -107,7 +109,11 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
     def forward(
-        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, rope: tuple[torch.Tensor, torch.Tensor] | None = None
+        self,
+        x: torch.Tensor,
+        cache: KVCache | None = None,
+        layer: int = 0,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         B, T, C = x.shape
         D = self.head_dim
@@ -130,7 +136,9 @@ class CausalSelfAttention(nn.Module):
             y = manual_attention(q, k, v, mask, self.attn_dropout)
         else:
             y = F.scaled_dot_product_attention(
-                q, k, v,
+                q,
+                k,
+                v,
                 attn_mask=None if past == 0 else mask,
                 is_causal=past == 0 and T > 1,
                 dropout_p=self.dropout if self.training else 0.0,

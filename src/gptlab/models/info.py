@@ -6,13 +6,11 @@ has shapes but no storage, so even gpt2-xl is described in milliseconds without 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from gptlab.config import ModelConfig, RunConfig, load_preset
+from gptlab.config import ModelConfig, RunConfig
 from gptlab.errors import GptlabError
 from gptlab.models import build_model
 from gptlab.models.gpt import mlp_hidden
@@ -76,7 +74,8 @@ def activation_floats_per_token(cfg: ModelConfig) -> int:
     hidden = mlp_hidden(cfg)
     per_layer = (
         4 * h  # the inputs and outputs of both norms (inputs of c_attn and c_fc)
-        + h + 2 * kv  # q, k, v
+        + h
+        + 2 * kv  # q, k, v
         + h  # attention output (input of attn.c_proj)
         + (3 if cfg.activation == "swiglu" else 2) * hidden  # input and output of the activation
     )
@@ -115,32 +114,17 @@ class ModelInfo:
 
 def describe(cfg: RunConfig, batch_size: int | None = None) -> ModelInfo:
     if cfg.model.vocab_size < 1:
-        raise GptlabError("this config leaves vocab_size to the data; pass --vocab_size N (e.g. 65 for char Shakespeare, 50257 for GPT-2)")
+        raise GptlabError(
+            "this config leaves vocab_size to the data; pass --vocab_size N (e.g. 65 for char Shakespeare, 50257 for "
+            "GPT-2)"
+        )
     batch_size = batch_size or cfg.train.batch_size
     if batch_size < 1:
         raise GptlabError(f"batch size must be at least 1, got {batch_size}")
     cfg.validate()
-    return ModelInfo(cfg, param_counts(cfg.model), flops_per_token(cfg.model), batch_size, training_memory(cfg, batch_size))
-
-
-def load_config(source: str | Path, vocab_size: int | None = None) -> RunConfig:
-    """The RunConfig of a checkpoint or run directory, a config .json, a preset .yaml or a preset name."""
-    from gptlab.training.checkpoint import read_info, resolve_checkpoint
-
-    path = Path(source)
-    if path.is_dir():
-        cfg = RunConfig.from_dict(read_info(resolve_checkpoint(path))["run"])
-    elif path.suffix == ".json" and path.is_file():
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise GptlabError(f"{path} is not valid JSON; give a gptlab config.json, a preset or a checkpoint") from None
-        cfg = RunConfig.from_dict(data.get("run", data))  # a run's / checkpoint's config.json, or a bare RunConfig
-    else:
-        cfg = load_preset(str(source))
-    if vocab_size is not None:
-        cfg.model.vocab_size = vocab_size
-    return cfg
+    return ModelInfo(
+        cfg, param_counts(cfg.model), flops_per_token(cfg.model), batch_size, training_memory(cfg, batch_size)
+    )
 
 
 def human(n: float, unit: str = "") -> str:
@@ -152,18 +136,31 @@ def human(n: float, unit: str = "") -> str:
 
 def format_info(info: ModelInfo) -> str:
     m = info.config.model
-    shape = "bigram table" if m.arch == "bigram" else (
-        f"{m.n_layer} layers, {m.n_head} heads ({m.kv_heads} key/value), {m.n_embd} wide; {m.positions} positions, "
-        f"{m.norm_position}-{m.norm}, {m.activation}, qk_norm {m.qk_norm}, bias {m.bias}, "
-        f"{'tied' if m.tie_embeddings else 'untied'} head, {m.attention} attention"
+    shape = (
+        "bigram table"
+        if m.arch == "bigram"
+        else (
+            f"{m.n_layer} layers, {m.n_head} heads ({m.kv_heads} key/value), {m.n_embd} wide; {m.positions} positions, "
+            f"{m.norm_position}-{m.norm}, {m.activation}, qk_norm {m.qk_norm}, bias {m.bias}, "
+            f"{'tied' if m.tie_embeddings else 'untied'} head, {m.attention} attention"
+        )
     )
     width = max(len(k) for k in [*info.params, *info.memory])
     lines = [f"model: {shape}; vocab {m.vocab_size}, block {m.block_size}", "", "parameters"]
     lines += [f"  {k:<{width}}  {v:>15,}  {100 * v / max(info.total_params, 1):5.1f}%" for k, v in info.params.items()]
     lines += [f"  {'total':<{width}}  {info.total_params:>15,}  ({human(info.total_params)})", ""]
-    lines.append(f"training FLOPs per token: {human(info.flops_per_token, 'FLOP')} (6N + 12*L*H*Q*T at T = {m.block_size})")
+    lines.append(
+        f"training FLOPs per token: {human(info.flops_per_token, 'FLOP')} (6N + 12*L*H*Q*T at T = {m.block_size})"
+    )
     tokens = info.batch_size * m.block_size
-    lines.append(f"  per step of {info.batch_size} x {m.block_size} = {tokens:,} tokens: {human(info.flops_per_token * tokens, 'FLOP')}")
-    lines += ["", f"training memory at batch size {info.batch_size}, float32 + AdamW (an estimate; allocator and framework overhead come on top)"]
+    lines.append(
+        f"  per step of {info.batch_size} x {m.block_size} = {tokens:,} tokens: "
+        f"{human(info.flops_per_token * tokens, 'FLOP')}"
+    )
+    lines += [
+        "",
+        f"training memory at batch size {info.batch_size}, float32 + AdamW (an estimate; allocator and framework "
+        "overhead come on top)",
+    ]
     lines += [f"  {k:<{width}}  {human(v, 'B'):>12}" for k, v in info.memory.items()]
     return "\n".join(lines)

@@ -77,4 +77,6 @@ class BPETokenizer:
         try:
             return cls(HFTokenizer.from_file(str(path)))
         except Exception:  # tokenizers raises a bare Exception for a file it cannot parse
-            raise GptlabError(f"tokenizer file {path} is not a tokenizers tokenizer.json; run `gptlab prepare` again") from None
+            raise GptlabError(
+                f"tokenizer file {path} is not a tokenizers tokenizer.json; run `gptlab prepare` again"
+            ) from None

@@ -25,17 +25,20 @@ VOCAB_MERGES_NAMES = (("encoder.json", "vocab.bpe"), ("vocab.json", "merges.txt"
 
 
 def read_ranks(path: Path) -> dict[bytes, int]:
-    """Merge ranks from gpt2.tiktoken, from vocab.json/encoder.json (merges.txt/vocab.bpe beside it), or a folder of them."""
+    """Merge ranks from gpt2.tiktoken, from vocab.json/encoder.json (merges.txt/vocab.bpe beside it),
+    or a folder of them."""
     path = Path(path)
     if path.is_dir():
         if (path / GPT2Tokenizer.file_name).is_file():
             return read_ranks(path / GPT2Tokenizer.file_name)
-        for vocab, merges in VOCAB_MERGES_NAMES:
+        for vocab, _merges in VOCAB_MERGES_NAMES:
             if (path / vocab).is_file():
                 return read_ranks(path / vocab)
         raise GptlabError(f"{path} holds no gpt2.tiktoken, encoder.json + vocab.bpe or vocab.json + merges.txt")
     if not path.is_file():
-        raise GptlabError(f"GPT-2 tokenizer file {path} not found; give gpt2.tiktoken or vocab.json (with merges.txt beside it)")
+        raise GptlabError(
+            f"GPT-2 tokenizer file {path} not found; give gpt2.tiktoken or vocab.json (with merges.txt beside it)"
+        )
     try:
         if path.suffix == ".json":
             merges = next((path.parent / m for v, m in VOCAB_MERGES_NAMES if (path.parent / m).is_file()), None)
@@ -49,7 +52,9 @@ def read_ranks(path: Path) -> dict[bytes, int]:
     except (ValueError, AssertionError, KeyError, UnicodeDecodeError, json.JSONDecodeError):
         raise GptlabError(f"{path} is not a GPT-2 vocabulary file (gpt2.tiktoken or vocab.json + merges.txt)") from None
     if len(ranks) != N_MERGEABLE:
-        raise GptlabError(f"{path} holds {len(ranks):,} tokens, not GPT-2's {N_MERGEABLE:,}; give GPT-2's own vocabulary")
+        raise GptlabError(
+            f"{path} holds {len(ranks):,} tokens, not GPT-2's {N_MERGEABLE:,}; give GPT-2's own vocabulary"
+        )
     return ranks
 
 
@@ -109,7 +114,9 @@ class GPT2Tokenizer:
     def save(self, directory: Path) -> Path:
         path = Path(directory) / self.file_name
         # tiktoken's format (what tiktoken.load.dump_tiktoken_bpe writes, without its blobfile dependency)
-        lines = (base64.b64encode(token) + b" %d\n" % rank for token, rank in sorted(self.ranks.items(), key=lambda x: x[1]))
+        lines = (
+            base64.b64encode(token) + b" %d\n" % rank for token, rank in sorted(self.ranks.items(), key=lambda x: x[1])
+        )
         path.write_bytes(b"".join(lines))
         return path
 

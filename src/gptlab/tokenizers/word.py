@@ -18,7 +18,8 @@ from gptlab.errors import GptlabError
 from gptlab.tokenizers import EOT
 
 UNK = "<unk>"
-# a word (letters/digits, with inner apostrophes or hyphens: "don't", "well-known"), one punctuation mark, or a line break
+# a word (letters/digits, with inner apostrophes or hyphens: "don't", "well-known"), one punctuation mark,
+# or a line break
 TOKEN_RE = re.compile(r"\w+(?:['’-]\w+)*|[^\w\s]|\n")
 NO_SPACE_BEFORE = set(".,;:!?%)]}’”…\n")
 NO_SPACE_AFTER = set("([{‘“\n")

@@ -51,7 +51,9 @@ def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
     elif device_name == "cpu":
         device = torch.device("cpu")
     else:
-        raise GptlabError(f"under torchrun each process takes cuda:LOCAL_RANK; use --device auto, cuda or cpu, not {device_name!r}")
+        raise GptlabError(
+            f"under torchrun each process takes cuda:LOCAL_RANK; use --device auto, cuda or cpu, not {device_name!r}"
+        )
     if not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)

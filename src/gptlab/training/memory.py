@@ -42,8 +42,10 @@ def check_memory(cfg: RunConfig, device: torch.device) -> dict[str, int]:
         state = memory["total"] - memory["activations"]
         raise GptlabError(
             f"this configuration does not fit: training needs about {memory['total'] / GiB:,.1f} GiB on {device} "
-            f"({state / GiB:,.1f} GiB for {memory['weights'] / 4 / 1e6:,.1f}M parameters with gradients and AdamW state, "
-            f"{memory['activations'] / GiB:,.1f} GiB of activations for batch {cfg.train.batch_size} x block {cfg.model.block_size}) "
+            f"({state / GiB:,.1f} GiB for {memory['weights'] / 4 / 1e6:,.1f}M parameters with gradients and AdamW "
+            "state, "
+            f"{memory['activations'] / GiB:,.1f} GiB of activations for batch {cfg.train.batch_size} x block "
+            f"{cfg.model.block_size}) "
             f"but {free / GiB:,.1f} GiB is free; lower --batch_size (--grad_accum keeps the tokens per step), "
             "--block_size, or the model size (--n_layer, --n_embd); `gptlab info` shows the estimate"
         )

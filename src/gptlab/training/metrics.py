@@ -7,18 +7,17 @@ from pathlib import Path
 from typing import Any
 
 from gptlab.atomic import write_text_atomic
+from gptlab.checkpoint import RunDir
 from gptlab.errors import GptlabError
-
-METRICS = "metrics.jsonl"
-LOSS_PLOT = "loss.png"
-TENSORBOARD = "tensorboard"
 
 
 def require_tensorboard() -> None:
     try:
         import torch.utils.tensorboard  # noqa: F401  (needs the tensorboard package)
     except ImportError:
-        raise GptlabError("--tensorboard true needs the tensorboard package: pip install 'gptlab[tensorboard]', or leave it off") from None
+        raise GptlabError(
+            "--tensorboard true needs the tensorboard package: pip install 'gptlab[tensorboard]', or leave it off"
+        ) from None
 
 
 class MetricsLog:
@@ -26,14 +25,16 @@ class MetricsLog:
     tensorboard, each number also goes to RUN/tensorboard as the scalar "kind/name"."""
 
     def __init__(self, run_dir: Path, tensorboard: bool = False, start_step: int = 0):
-        self.path = Path(run_dir) / METRICS
+        self.path = RunDir(run_dir).metrics
         self.tensorboard = None
         if tensorboard:
             require_tensorboard()
             from torch.utils.tensorboard import SummaryWriter
 
             # purge_step hides what an interrupted run logged after the checkpoint it resumes from.
-            self.tensorboard = SummaryWriter(str(Path(run_dir) / TENSORBOARD), purge_step=start_step + 1 if start_step else None)
+            self.tensorboard = SummaryWriter(
+                str(RunDir(run_dir).tensorboard), purge_step=start_step + 1 if start_step else None
+            )
 
     def write(self, kind: str, step: int, **values: Any) -> None:
         with self.path.open("a") as f:
@@ -49,7 +50,7 @@ class MetricsLog:
 
 def truncate_metrics(run_dir: Path, step: int) -> None:
     """Drop the rows logged after `step`: what an interrupted run did past the checkpoint it resumes from."""
-    path = Path(run_dir) / METRICS
+    path = RunDir(run_dir).metrics
     if not path.is_file():
         return
     keep = [row for row in parse_rows(path.read_text()) if row["step"] <= step]
@@ -72,7 +73,7 @@ def parse_rows(text: str) -> list[dict[str, Any]]:
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     path = Path(path)
     if path.is_dir():
-        path = path / METRICS
+        path = RunDir(path).metrics
     return parse_rows(path.read_text())
 
 
@@ -88,16 +89,26 @@ def plot_loss(run_dir: Path, out: Path | None = None) -> Path:
     evals = [r for r in rows if r["kind"] == "eval"]
     fig, ax = plt.subplots(figsize=(7, 4))
     if train:
-        ax.plot([r["step"] for r in train], [r["loss"] for r in train], color="tab:blue", alpha=0.3, label="train (batch)")
+        ax.plot(
+            [r["step"] for r in train], [r["loss"] for r in train], color="tab:blue", alpha=0.3, label="train (batch)"
+        )
     if evals:
-        ax.plot([r["step"] for r in evals], [r["train_loss"] for r in evals], "o-", color="tab:blue", label="train (estimate)")
-        ax.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", color="tab:orange", label="val (estimate)")
+        ax.plot(
+            [r["step"] for r in evals],
+            [r["train_loss"] for r in evals],
+            "o-",
+            color="tab:blue",
+            label="train (estimate)",
+        )
+        ax.plot(
+            [r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", color="tab:orange", label="val (estimate)"
+        )
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy loss (nats/token)")
     ax.set_title(Path(run_dir).name)
     ax.grid(alpha=0.3)
     ax.legend()
-    out = Path(out) if out else Path(run_dir) / LOSS_PLOT
+    out = Path(out) if out else RunDir(run_dir).loss_plot
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)

@@ -39,15 +39,22 @@ def build_optimizers(model: nn.Module, cfg: TrainConfig) -> list[torch.optim.Opt
     optimizers: list[torch.optim.Optimizer] = []
     if cfg.optimizer == "muon":
         if not hasattr(torch.optim, "Muon"):
-            raise GptlabError(f"optimizer muon needs torch.optim.Muon (PyTorch >= 2.9); this is torch {torch.__version__}: use --optimizer adamw")
+            raise GptlabError(
+                f"optimizer muon needs torch.optim.Muon (PyTorch >= 2.9); this is torch {torch.__version__}: use "
+                "--optimizer adamw"
+            )
         muon_params = hidden_matrices(model)
         if muon_params:
             muon_ids = {id(p) for p in muon_params}
             params = [p for p in params if id(p) not in muon_ids]
-            optimizers.append(torch.optim.Muon(
-                [{"params": muon_params, "lr_scale": cfg.muon_lr / cfg.learning_rate}],
-                lr=cfg.muon_lr, weight_decay=cfg.weight_decay, momentum=cfg.muon_momentum,
-            ))
+            optimizers.append(
+                torch.optim.Muon(
+                    [{"params": muon_params, "lr_scale": cfg.muon_lr / cfg.learning_rate}],
+                    lr=cfg.muon_lr,
+                    weight_decay=cfg.weight_decay,
+                    momentum=cfg.muon_momentum,
+                )
+            )
     # Decay the 2-D weights (matmuls, embeddings); never biases or norm gains, which set scales.
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay, "lr_scale": 1.0},

@@ -31,24 +31,39 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from gptlab.atomic import complete_directory, remove_directory, verify_directory, write_text_atomic
+from gptlab.checkpoint import (
+    TRAINER_STATE,
+    RunDir,
+    keep_history,
+    load_checkpoint,
+    load_trainer_state,
+    read_info,
+    save_checkpoint,
+)
 from gptlab.config import RunConfig, field_types, set_field
 from gptlab.data.batches import TokenData
+from gptlab.data.format import tokenizer_path
 from gptlab.device import autocast, autocast_dtype, peak_flops, setup_device
 from gptlab.errors import GptlabError
 from gptlab.generation.generate import generate
 from gptlab.models import GPT, build_model
 from gptlab.models.info import flops_per_token
 from gptlab.tokenizers import load_tokenizer
-from gptlab.training.checkpoint import TRAINER_STATE, keep_history, load_checkpoint, load_trainer_state, read_info, save_checkpoint
-from gptlab.training.distributed import SINGLE, Dist, gather_to_all, init_distributed, on_main, shutdown_distributed, sum_over_ranks
+from gptlab.training.distributed import (
+    SINGLE,
+    Dist,
+    gather_to_all,
+    init_distributed,
+    on_main,
+    shutdown_distributed,
+    sum_over_ranks,
+)
 from gptlab.training.interrupt import StopSignals, TrainingInterrupted
 from gptlab.training.memory import check_memory
 from gptlab.training.metrics import MetricsLog, plot_loss, require_tensorboard, truncate_metrics
 from gptlab.training.optim import build_optimizers, set_lr
 from gptlab.training.schedule import lr_at
 
-RUN_CONFIG = "config.json"
-SAMPLES = "samples.txt"
 CPU = torch.device("cpu")
 
 
@@ -93,14 +108,19 @@ def prepare_run_dir(out_dir: Path, overwrite: bool, record: dict[str, Any]) -> N
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         if not overwrite:
-            raise GptlabError(f"{out_dir} already holds files; choose another --out, pass --overwrite to replace that run, or --resume it")
-        if not (out_dir / RUN_CONFIG).is_file():
-            raise GptlabError(f"{out_dir} is not empty and is not a gptlab run; refusing to overwrite it, choose another --out")
+            raise GptlabError(
+                f"{out_dir} already holds files; choose another --out, pass --overwrite to replace that run, or "
+                "--resume it"
+            )
+        if not RunDir(out_dir).is_run():
+            raise GptlabError(
+                f"{out_dir} is not empty and is not a gptlab run; refusing to overwrite it, choose another --out"
+            )
         remove_directory(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary directory
-    write_text_atomic(tmp / RUN_CONFIG, json.dumps(record, indent=2) + "\n")
+    write_text_atomic(RunDir(tmp).config, json.dumps(record, indent=2) + "\n")
     if out_dir.exists():
         out_dir.rmdir()  # empty: the rename takes its place
     os.replace(tmp, out_dir)
@@ -114,22 +134,35 @@ def check_same_tokens(data: TokenData, info: dict[str, Any], ckpt_dir: Path, tex
         and (data.dir / tok["file"]).read_bytes() == (ckpt_dir / theirs["file"]).read_bytes()  # the vocabulary itself
     )
     if not same_tokenizer:
-        raise GptlabError(f"{data.dir} was prepared with another tokenizer than {ckpt_dir} ({tok['kind']}, vocab {tok['vocab_size']} "
-                          f"vs {theirs['kind']}, vocab {theirs['vocab_size']}); use data prepared with the checkpoint's tokenizer")
+        raise GptlabError(
+            f"{data.dir} was prepared with another tokenizer than {ckpt_dir} ({tok['kind']}, vocab {tok['vocab_size']} "
+            f"vs {theirs['kind']}, vocab {theirs['vocab_size']}); use data prepared with the checkpoint's tokenizer"
+        )
     if text and data.meta["content_sha256"] != info["data"]["content_sha256"]:
-        raise GptlabError(f"{data.dir} holds other text than the run in {ckpt_dir.parent} was trained on (content hash differs); "
-                          "resume with the original data (--data DIR), or start a new run with --init-from")
+        raise GptlabError(
+            f"{data.dir} holds other text than the run in {ckpt_dir.parent} was trained on (content hash differs); "
+            "resume with the original data (--data DIR), or start a new run with --init-from"
+        )
 
 
 class Trainer:
     """A model, its optimizers and everything else a step changes; `state_dict` captures all of it."""
 
     def __init__(self, cfg: RunConfig, data: TokenData, run_dir: Path, me: Dist, device: torch.device):
-        self.cfg, self.tc, self.data, self.run_dir, self.me, self.device = cfg, cfg.train, data, Path(run_dir), me, device
+        self.cfg, self.tc, self.data, self.run_dir, self.me, self.device = (
+            cfg,
+            cfg.train,
+            data,
+            RunDir(run_dir),
+            me,
+            device,
+        )
         tc = self.tc
         if tc.grad_accum % me.world_size:
-            raise GptlabError(f"grad_accum ({tc.grad_accum}) must be a multiple of the number of processes ({me.world_size}): "
-                              f"each process runs grad_accum / {me.world_size} micro-batches of the global batch")
+            raise GptlabError(
+                f"grad_accum ({tc.grad_accum}) must be a multiple of the number of processes ({me.world_size}): "
+                f"each process runs grad_accum / {me.world_size} micro-batches of the global batch"
+            )
         if tc.tensorboard:
             require_tensorboard()
         torch.manual_seed(tc.seed)  # the same initial weights on every process
@@ -150,8 +183,11 @@ class Trainer:
         self.saved_step: int | None = None  # of the newest last/ checkpoint
         self.best_val = math.inf
         self.losses: dict[str, float] = {}  # the latest evaluation
-        self.tokenizer_file = data.dir / data.meta["tokenizer"]["file"]
-        self.info = {"tokenizer": data.meta["tokenizer"], "data": {"dir": str(data.dir), "content_sha256": data.meta["content_sha256"]}}
+        self.tokenizer_file = tokenizer_path(data.dir, data.meta)
+        self.info = {
+            "tokenizer": data.meta["tokenizer"],
+            "data": {"dir": str(data.dir), "content_sha256": data.meta["content_sha256"]},
+        }
         self.tokens_per_step = tc.batch_size * tc.grad_accum * cfg.model.block_size
         self.flops_per_token = flops_per_token(cfg.model)
         self.peak_flops = peak_flops(device, tc.peak_flops)
@@ -161,7 +197,10 @@ class Trainer:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything but the weights, for last/trainer.pt. Collective: gathers every rank's RNG."""
-        rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
+        rng = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+        }
         return {
             "step": self.step,
             "optimizers": [opt.state_dict() for opt in self.optimizers],
@@ -174,7 +213,10 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if len(state["optimizers"]) != len(self.optimizers):
-            raise GptlabError(f"the checkpoint was trained with another optimizer than --optimizer {self.tc.optimizer}; resume without changing it")
+            raise GptlabError(
+                f"the checkpoint was trained with another optimizer than --optimizer {self.tc.optimizer}; resume "
+                "without changing it"
+            )
         for opt, opt_state in zip(self.optimizers, state["optimizers"]):
             opt.load_state_dict(opt_state)
         self.scaler.load_state_dict(state["scaler"])
@@ -188,18 +230,32 @@ class Trainer:
         else:  # another number of processes: the data order is kept, dropout masks start afresh
             torch.manual_seed(self.tc.seed + 1 + self.me.rank + self.step)
             if self.me.is_main:
-                tqdm.write(f"note: the run was saved by {len(per_rank)} process(es), resumed on {self.me.world_size}: "
-                           "same data order, new dropout randomness")
+                tqdm.write(
+                    f"note: the run was saved by {len(per_rank)} process(es), resumed on {self.me.world_size}: "
+                    "same data order, new dropout randomness"
+                )
 
     def save_last(self) -> None:
         state = self.state_dict()  # on every rank: it gathers
         if self.me.is_main:
-            save_checkpoint(self.run_dir / "last", self.model, self.cfg, self.checkpoint_info(), files=[self.tokenizer_file], trainer_state=state)
-            keep_history(self.run_dir / "last", self.step, self.tc.keep_last)
+            save_checkpoint(
+                self.run_dir.last,
+                self.model,
+                self.cfg,
+                self.checkpoint_info(),
+                files=[self.tokenizer_file],
+                trainer_state=state,
+            )
+            keep_history(self.run_dir.last, self.step, self.tc.keep_last)
         self.saved_step = self.step
 
     def checkpoint_info(self) -> dict[str, Any]:
-        return {**self.info, "step": self.step, "train_loss": self.losses.get("train"), "val_loss": self.losses.get("val")}
+        return {
+            **self.info,
+            "step": self.step,
+            "train_loss": self.losses.get("train"),
+            "val_loss": self.losses.get("val"),
+        }
 
     # -- one step --------------------------------------------------------------------------------
 
@@ -211,7 +267,9 @@ class Trainer:
         mine = range(self.me.rank * share, (self.me.rank + 1) * share)
         batches = []
         for k in range(tc.grad_accum):
-            x, y = self.data.get_batch("train", tc.batch_size, self.cfg.model.block_size, self.batch_gen, self.device if k in mine else CPU)
+            x, y = self.data.get_batch(
+                "train", tc.batch_size, self.cfg.model.block_size, self.batch_gen, self.device if k in mine else CPU
+            )
             if k in mine:
                 batches.append((x, y))
         return batches
@@ -260,8 +318,11 @@ class Trainer:
                 tqdm.write(f"warning: the loss is {value} at step {step}; skipped that update (--nonfinite_loss skip)")
                 self.metrics.write("skipped", step, reason="non-finite loss")
             return False
-        last_good = (f"the last good checkpoint is {self.run_dir / 'last'} (step {self.saved_step})" if self.saved_step is not None
-                     else "no checkpoint was saved yet")
+        last_good = (
+            f"the last good checkpoint is {self.run_dir.last} (step {self.saved_step})"
+            if self.saved_step is not None
+            else "no checkpoint was saved yet"
+        )
         raise GptlabError(
             f"the loss became {value} at step {step}; training stopped before applying it and {last_good}; "
             "lower --learning_rate (or raise --warmup_iters), or pass --nonfinite_loss skip to skip such steps"
@@ -286,11 +347,16 @@ class Trainer:
             return
         self.metrics.write("eval", self.step, train_loss=self.losses["train"], val_loss=self.losses["val"])
         if improved:
-            save_checkpoint(self.run_dir / "best", self.model, self.cfg, self.checkpoint_info(), files=[self.tokenizer_file])
-        plot_loss(self.run_dir)
+            save_checkpoint(
+                self.run_dir.best, self.model, self.cfg, self.checkpoint_info(), files=[self.tokenizer_file]
+            )
+        plot_loss(self.run_dir.path)
         if self.tc.sample_tokens:
             self.write_sample()
-        tqdm.write(f"step {self.step:>6}: train loss {self.losses['train']:.4f}, val loss {self.losses['val']:.4f}" + (" (best)" if improved else ""))
+        tqdm.write(
+            f"step {self.step:>6}: train loss {self.losses['train']:.4f}, val loss {self.losses['val']:.4f}"
+            + (" (best)" if improved else "")
+        )
 
     def write_sample(self) -> None:
         """Text from the model so far, appended to samples.txt; the same seed each time, so
@@ -298,9 +364,11 @@ class Trainer:
         tokenizer = load_tokenizer(self.data.meta["tokenizer"]["kind"], self.data.dir)
         gen = torch.Generator(self.device).manual_seed(self.tc.seed)
         with autocast(self.device, self.tc.dtype):
-            ids = generate(self.model, [tokenizer.eot_id], self.tc.sample_tokens, temperature=0.8, top_k=200, generator=gen)[0]
+            ids = generate(
+                self.model, [tokenizer.eot_id], self.tc.sample_tokens, temperature=0.8, top_k=200, generator=gen
+            )[0]
         self.model.train()  # generate() switched it to eval mode
-        with (self.run_dir / SAMPLES).open("a") as f:
+        with self.run_dir.samples.open("a") as f:
             f.write(f"--- step {self.step}, val loss {self.losses['val']:.4f}\n{tokenizer.decode(ids)}\n\n")
 
     # -- the loop --------------------------------------------------------------------------------
@@ -309,15 +377,22 @@ class Trainer:
         tc, me = self.tc, self.me
         start_step = self.step
         if me.is_main:
-            self.metrics = MetricsLog(self.run_dir, tc.tensorboard, start_step)
-            tqdm.write(f"training {self.model.num_params() / 1e6:.2f}M parameters on {self.device}"
-                       + (f" x {me.world_size} processes" if me.enabled else "")
-                       + f" ({self.data.meta['sizes']['train_tokens']:,} train tokens, vocab {self.data.vocab_size}, "
-                       f"{self.tokens_per_step:,} tokens/step)" + (f", resuming at step {start_step}" if start_step else ""))
+            self.metrics = MetricsLog(self.run_dir.path, tc.tensorboard, start_step)
+            tqdm.write(
+                f"training {self.model.num_params() / 1e6:.2f}M parameters on {self.device}"
+                + (f" x {me.world_size} processes" if me.enabled else "")
+                + f" ({self.data.meta['sizes']['train_tokens']:,} train tokens, vocab {self.data.vocab_size}, "
+                f"{self.tokens_per_step:,} tokens/step)" + (f", resuming at step {start_step}" if start_step else "")
+            )
         self.model.train()
         start = time.perf_counter()
-        bar = tqdm(total=tc.max_iters, initial=start_step, unit="step", dynamic_ncols=True,
-                   disable=not me.is_main or (None if progress is None else not progress))
+        bar = tqdm(
+            total=tc.max_iters,
+            initial=start_step,
+            unit="step",
+            dynamic_ncols=True,
+            disable=not me.is_main or (None if progress is None else not progress),
+        )
         stop = StopSignals()
         try:
             if not self.losses:  # a new run: where it starts from
@@ -333,11 +408,19 @@ class Trainer:
                     now = time.perf_counter()
                     tok_s = (self.step - log_step) * self.tokens_per_step / max(now - log_time, 1e-9)
                     log_time, log_step = now, self.step
-                    extra = {"mfu": self.flops_per_token * tok_s / (self.peak_flops * me.world_size)} if self.peak_flops else {}
+                    extra = (
+                        {"mfu": self.flops_per_token * tok_s / (self.peak_flops * me.world_size)}
+                        if self.peak_flops
+                        else {}
+                    )
                     if me.is_main:
                         self.metrics.write("train", self.step, loss=loss_value, lr=lr, tokens_per_s=tok_s, **extra)
-                    bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tok_s:,.0f}", lr=f"{lr:.2e}",
-                                    **({"mfu": f"{extra['mfu']:.1%}"} if extra else {}))
+                    bar.set_postfix(
+                        loss=f"{loss_value:.4f}",
+                        tok_s=f"{tok_s:,.0f}",
+                        lr=f"{lr:.2e}",
+                        **({"mfu": f"{extra['mfu']:.1%}"} if extra else {}),
+                    )
                 if self.step % tc.eval_interval == 0 or self.step == tc.max_iters:
                     self.evaluate()
                     log_time, log_step = time.perf_counter(), self.step  # evaluation is not training throughput
@@ -349,8 +432,10 @@ class Trainer:
                     if self.saved_step != self.step:
                         self.save_last()
                     raise TrainingInterrupted(
-                        f"stopped by {signal.Signals(signum).name} after step {self.step}: saved {self.run_dir / 'last'}; "
-                        f"continue with `gptlab train --resume {self.run_dir}`", signum)
+                        f"stopped by {signal.Signals(signum).name} after step {self.step}: saved {self.run_dir.last}; "
+                        f"continue with `gptlab train --resume {self.run_dir.path}`",
+                        signum,
+                    )
         finally:
             stop.restore()
             bar.close()
@@ -358,12 +443,22 @@ class Trainer:
                 self.metrics.close()
         seconds = time.perf_counter() - start
         if me.is_main:
-            tqdm.write(f"done: {tc.max_iters} steps in {seconds:.1f}s, best val loss {self.best_val:.4f}; checkpoints in {self.run_dir}")
-        return TrainResult(self.run_dir, tc.max_iters, self.best_val, self.losses["val"], self.losses["train"], seconds)
+            tqdm.write(
+                f"done: {tc.max_iters} steps in {seconds:.1f}s, best val loss {self.best_val:.4f}; checkpoints in "
+                f"{self.run_dir.path}"
+            )
+        return TrainResult(
+            self.run_dir.path, tc.max_iters, self.best_val, self.losses["val"], self.losses["train"], seconds
+        )
 
 
 def train(
-    cfg: RunConfig, data_dir: Path, out_dir: Path, overwrite: bool = False, progress: bool | None = None, init_from: Path | None = None
+    cfg: RunConfig,
+    data_dir: Path,
+    out_dir: Path,
+    overwrite: bool = False,
+    progress: bool | None = None,
+    init_from: Path | None = None,
 ) -> TrainResult:
     """Train a new run on a prepared data directory; `progress=None` shows the bar only on a terminal.
 
@@ -386,7 +481,11 @@ def train(
         run_dir = Path(out_dir)
 
         def make_run_dir() -> None:
-            record = {"run": cfg.to_dict(), "data_dir": str(data_dir), **({"init_from": str(start.dir)} if start else {})}
+            record = {
+                "run": cfg.to_dict(),
+                "data_dir": str(data_dir),
+                **({"init_from": str(start.dir)} if start else {}),
+            }
             prepare_run_dir(run_dir, overwrite, record)
 
         on_main(me, make_run_dir)
@@ -398,44 +497,52 @@ def train(
         shutdown_distributed()
 
 
-def resume(run_dir: Path, overrides: dict[str, Any] | None = None, data_dir: Path | None = None, progress: bool | None = None) -> TrainResult:
+def resume(
+    run_dir: Path, overrides: dict[str, Any] | None = None, data_dir: Path | None = None, progress: bool | None = None
+) -> TrainResult:
     """Continue a run from its last/ checkpoint: weights, optimizer, scaler, step, sampler position
     and RNG states all come back, so (on CPU) the losses are the ones an uninterrupted run logs.
 
     overrides: train settings to change (e.g. a larger max_iters); the model cannot change.
     data_dir: where the data is now, if it moved (it must hold the same text and tokenizer).
     """
-    run_dir = Path(run_dir)
-    ckpt_dir = complete_directory(run_dir / "last") or run_dir / "last"  # a crash mid-replacement leaves the previous one aside
-    if not (run_dir / RUN_CONFIG).is_file():
-        raise GptlabError(f"{run_dir} is not a gptlab run (no {RUN_CONFIG}); give the run directory that `gptlab train --out` wrote")
+    run = RunDir(run_dir)
+    record = run.read_record()
+    ckpt_dir = complete_directory(run.last) or run.last  # a crash mid-replacement leaves the previous one aside
     if not (ckpt_dir / TRAINER_STATE).is_file():
-        raise GptlabError(f"{run_dir} has no resumable checkpoint ({ckpt_dir / TRAINER_STATE} is missing): "
-                          "it stopped before its first checkpoint; start it again with --overwrite")
+        raise GptlabError(
+            f"{run_dir} has no resumable checkpoint ({ckpt_dir / TRAINER_STATE} is missing): "
+            "it stopped before its first checkpoint; start it again with --overwrite"
+        )
     verify_directory(ckpt_dir)
     info = read_info(ckpt_dir)
     cfg = RunConfig.from_dict(info["run"])
     types = field_types()
     for key, value in (overrides or {}).items():
         if types.get(key, ("train",))[0] != "train":
-            raise GptlabError(f"--{key} changes the model, which a resumed run cannot; start a new run with --init-from {ckpt_dir}")
+            raise GptlabError(
+                f"--{key} changes the model, which a resumed run cannot; start a new run with --init-from {ckpt_dir}"
+            )
         set_field(cfg, key, value)
     cfg.validate()
     if data_dir is None:
-        data_dir = json.loads((run_dir / RUN_CONFIG).read_text())["data_dir"]
+        data_dir = record["data_dir"]
     data = TokenData(data_dir)
     check_same_tokens(data, info, ckpt_dir, text=True)
     state = load_trainer_state(ckpt_dir)
     if state["step"] >= cfg.train.max_iters:
-        raise GptlabError(f"{run_dir} already finished its {cfg.train.max_iters} steps; to train on, resume with a larger --max_iters")
+        raise GptlabError(
+            f"{run_dir} already finished its {cfg.train.max_iters} steps; to train on, resume with a larger --max_iters"
+        )
     me, device = init_distributed(cfg.train.device)
     try:
         setup_device(device, cfg.train.tf32)
 
         def rewind_run_dir() -> None:
             truncate_metrics(run_dir, state["step"])
-            record = json.loads((run_dir / RUN_CONFIG).read_text())
-            write_text_atomic(run_dir / RUN_CONFIG, json.dumps({**record, "run": cfg.to_dict(), "data_dir": str(data_dir)}, indent=2) + "\n")
+            write_text_atomic(
+                run.config, json.dumps({**record, "run": cfg.to_dict(), "data_dir": str(data_dir)}, indent=2) + "\n"
+            )
 
         on_main(me, rewind_run_dir)
         trainer = Trainer(cfg, data, run_dir, me, device)
