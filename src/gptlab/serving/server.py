@@ -5,8 +5,10 @@ for up to GRACE seconds, then the engine's thread ends."""
 from __future__ import annotations
 
 import ipaddress
+import signal
 import socket
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from gptlab.errors import GptlabError
@@ -64,6 +66,18 @@ def serve(
             file=sys.stderr,
             flush=True,
         )
-    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=GRACE)
-    uvicorn.Server(config).run(sockets=[sock])
+
+    class Server(uvicorn.Server):
+        @contextmanager
+        def capture_signals(self):
+            """Ctrl-C or SIGTERM stop the server gracefully (a second Ctrl-C at once); unlike uvicorn's own
+            handling, the signal is not raised again afterwards, so a clean stop exits with status 0."""
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=GRACE)).run(sockets=[sock])
     print("gptlab: server stopped", flush=True)
