@@ -407,6 +407,17 @@ def test_serve_without_fastapi_says_how_to_install(chat_run, monkeypatch, capsys
     assert err == "gptlab serve: error: gptlab serve needs FastAPI and uvicorn: pip install 'gptlab[serve]'"
 
 
+def test_serve_refuses_bad_limits_and_a_taken_port_in_one_line(chat_run, capsys):
+    assert main(["serve", str(chat_run), "--max-batch", "0", "--port", "0"]) == 2
+    assert capsys.readouterr().err.strip().startswith("gptlab serve: error: max batch must be >= 1")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        assert main(["serve", str(chat_run), "--port", str(taken.getsockname()[1])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gptlab serve: error: cannot listen on 127.0.0.1:") and err.endswith("--port")
+
+
 def test_sse_lines_are_openai_shaped(served):
     _, url, _ = served
     body = {"model": "chat", "prompt": "the king", "max_tokens": 3, "temperature": 0, "stream": True}
