@@ -6,7 +6,7 @@ gptlab train --data DIR --out RUN [--preset P] [--init-from CKPT] [--key value .
 gptlab train --resume RUN [--key value ...]     continue an interrupted run exactly
 gptlab sample RUN_OR_CHECKPOINT [--prompt TEXT] [--max-new-tokens N] ...
 gptlab chat RUN_OR_CHECKPOINT [--temperature T] ...      the >: console
-gptlab info PRESET_OR_CONFIG_OR_CHECKPOINT [--batch_size N] [--vocab_size N]
+gptlab info PRESET_OR_CONFIG_OR_CHECKPOINT [--batch_size N] [--vocab_size N] [--parallel fsdp --world-size N]
 gptlab eval RUN_OR_CHECKPOINT [--text FILE ...]   loss, perplexity, bits per char/byte
 gptlab inspect RUN_OR_CHECKPOINT --out DIR [--prompt TEXT] [--compare RUN ...]   pictures
 gptlab report RUN                                 one Markdown page about a run
@@ -332,6 +332,12 @@ def add_info(sub) -> None:
     p.add_argument(
         "--vocab_size", type=int, default=None, help="vocabulary size, for configs that take it from the data"
     )
+    p.add_argument(
+        "--parallel", choices=["ddp", "fsdp"], help="memory per device under DDP or FSDP (default: the config's)"
+    )
+    p.add_argument(
+        "--world-size", "--world_size", type=int, default=1, help="number of devices (processes) to train on"
+    )
     p.set_defaults(func=cmd_info)
 
 
@@ -339,7 +345,11 @@ def cmd_info(args) -> None:
     from gptlab.checkpoint import load_config
     from gptlab.models.info import describe, format_info
 
-    print(format_info(describe(load_config(args.source, args.vocab_size), args.batch_size)))
+    print(
+        format_info(
+            describe(load_config(args.source, args.vocab_size), args.batch_size, args.parallel, args.world_size)
+        )
+    )
 
 
 def add_eval(sub) -> None:
@@ -537,7 +547,8 @@ def main(argv: list[str] | None = None) -> int:
     except GptlabError as e:
         if args.debug:
             raise
-        print(f"gptlab {args.command}: error: {e}", file=sys.stderr)
+        if not e.silent:  # under torchrun, rank 0 prints an error that every rank met
+            print(f"gptlab {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print(f"gptlab {args.command}: interrupted", file=sys.stderr)
