@@ -42,6 +42,7 @@ import json
 import os
 import pickle
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -227,7 +228,9 @@ def load_shards(ckpt_dir: Path, state: dict[str, Any], collective: bool) -> None
             "part of a checkpoint; use a checkpoint gptlab wrote"
         ) from None
     try:
-        dcp.load(state, storage_reader=dcp.FileSystemReader(str(ckpt_dir)), no_dist=not collective)
+        with warnings.catch_warnings():  # torch warns that no_dist means one process: that is the intent
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load(state, storage_reader=dcp.FileSystemReader(str(ckpt_dir)), no_dist=not collective)
     except (dcp.api.CheckpointException, RuntimeError, ValueError, KeyError) as e:
         raise GptlabError(
             f"{ckpt_dir} does not fit this model and optimizer ({str(e).splitlines()[0][:160]}); resume with the "
