@@ -174,6 +174,14 @@ def save_sharded_checkpoint(
     with atomic_directory(ckpt_dir) if main else contextlib.nullcontext() as tmp:
         where = [str(tmp) if main else None]
         dist.broadcast_object_list(where, src=0)
+        seen = [None] * dist.get_world_size()
+        dist.all_gather_object(seen, Path(where[0]).is_dir())
+        if not all(seen):
+            raise GptlabError(
+                f"rank {seen.index(False)} cannot see {Path(ckpt_dir).parent}, where rank 0 writes: under --parallel "
+                "fsdp every rank writes its shard into the run directory, so it must be on a filesystem all nodes "
+                "share (docs/scaling.md)"
+            )
         try:
             dcp.save(shards, storage_writer=dcp.FileSystemWriter(where[0]))  # returns once every rank has written
         except dcp.api.CheckpointException as e:
