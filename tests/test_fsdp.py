@@ -12,6 +12,7 @@ orthogonalisation they agreed to 4e-7), where orthogonalising each shard alone, 
 lands at 0.68. The test allows 0.1.
 """
 
+import importlib.util
 import json
 import os
 import shutil
@@ -189,3 +190,11 @@ def test_float16_is_refused_under_fsdp():
     cfg = build_config("tiny", {"parallel": "fsdp", "dtype": "float16", "grad_accum": 2})
     with pytest.raises(GptlabError, match="float16 cannot be used with --parallel fsdp"):
         check_layout(cfg.train, Dist(rank=0, local_rank=0, world_size=2), torch.device("cpu"))
+
+
+def test_the_fits_table_in_docs_is_generated_from_the_estimate():
+    spec = importlib.util.spec_from_file_location("make_scaling_table", HERE.parent / "docs" / "make_scaling_table.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    text = (HERE.parent / "docs" / "scaling.md").read_text()
+    assert f"{script.START}\n{script.table()}\n{script.END}" in text, "run python docs/make_scaling_table.py --write"
