@@ -26,6 +26,10 @@ def whole(t: torch.Tensor) -> torch.Tensor:
     return t.full_tensor() if isinstance(t, DTensor) else t  # collective for a DTensor: every rank calls it
 
 
+def flat(tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    return torch.cat([tensors[name].flatten() for name in sorted(tensors)])
+
+
 def record_gradients(trainer: Trainer, into: dict[str, torch.Tensor]) -> None:
     names = {id(p): name for name, p in trainer.model.named_parameters()}
 
@@ -56,25 +60,15 @@ def compare(data: TokenData, optimizer: str, steps: int) -> list[dict[str, float
         loss_sharded = sum_over_ranks(me, sharded.train_step()[0]).item() / me.world_size
         loss_whole = reference.train_step()[0].item()
         weights_sharded = {name: whole(p.detach()) for name, p in sharded.model.named_parameters()}
+        weights_whole = {name: p.detach() for name, p in reference.model.named_parameters()}
         out.append(
             {
                 "loss_rel": abs(loss_sharded - loss_whole) / abs(loss_whole),
                 "grad_abs": max((grads_sharded[k] - grads_whole[k]).abs().max().item() for k in grads_whole),
-                "grad_scale": max(g.abs().max().item() for g in grads_whole.values()),
-                "grad_norm": torch.cat([g.flatten() for g in grads_whole.values()]).norm().item(),
-                "weight_abs": max(
-                    (weights_sharded[name] - p.detach()).abs().max().item()
-                    for name, p in reference.model.named_parameters()
-                ),
+                "grad_norm": flat(grads_sharded).norm().item(),
                 # how far apart the two runs' weights are, as a share of how far training moved them
-                "update_rel": (
-                    torch.cat(
-                        [(weights_sharded[n] - p.detach()).flatten() for n, p in reference.model.named_parameters()]
-                    ).norm()
-                    / torch.cat(
-                        [(p.detach() - start[n]).flatten() for n, p in reference.model.named_parameters()]
-                    ).norm()
-                ).item(),
+                "update_rel": (flat(weights_sharded) - flat(weights_whole)).norm().item()
+                / (flat(weights_whole) - flat(start)).norm().item(),
                 "same_names": sorted(grads_sharded) == sorted(grads_whole),
             }
         )

@@ -198,3 +198,18 @@ def test_the_fits_table_in_docs_is_generated_from_the_estimate():
     spec.loader.exec_module(script)
     text = (HERE.parent / "docs" / "scaling.md").read_text()
     assert f"{script.START}\n{script.table()}\n{script.END}" in text, "run python docs/make_scaling_table.py --write"
+
+
+def test_info_prints_the_memory_per_device_under_fsdp(capsys):
+    assert main(["info", "gpt2", "--parallel", "fsdp", "--world-size", "4"]) == 0
+    sharded = capsys.readouterr().out
+    assert main(["info", "gpt2"]) == 0
+    whole = capsys.readouterr().out
+    assert "training memory per device, FSDP over 4 devices" in sharded
+
+    def weights(text):  # "  weights   497.76 MB"
+        line = next(line for line in text.splitlines() if line.strip().startswith("weights"))
+        return float(line.split()[1])
+
+    assert weights(sharded) == pytest.approx(weights(whole) / 4, rel=1e-3)
+    assert "gathered (root + 2 blocks" in sharded
