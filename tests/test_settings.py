@@ -448,3 +448,15 @@ def test_generate_refuses_settings_out_of_range_too(tiny_config):
     model = GPT(tiny_config)
     with pytest.raises(GptlabError, match="--temperature must be a finite number"):
         generate(model, [1], 3, temperature=math.nan)
+
+
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--workers", "0"], "--workers must be at least 1"),
+        (["--shard-tokens", "0"], "--shard-tokens must be at least 1"),
+    ],
+)
+def test_prepare_refuses_counts_below_one_instead_of_ignoring_them(corpus_file, tmp_path, capsys, flags, words):
+    assert main(["prepare", str(corpus_file), "--out", str(tmp_path / "d"), *flags]) == 2
+    assert words in capsys.readouterr().err and not (tmp_path / "d").exists()

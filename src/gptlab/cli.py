@@ -24,7 +24,7 @@ import difflib
 import sys
 from pathlib import Path
 
-from gptlab.config import build_config, field_types, preset_names
+from gptlab.config import build_config, field_ranges, field_types, preset_names
 from gptlab.errors import GptlabError
 
 
@@ -141,7 +141,7 @@ def add_prepare(sub) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="seed for picking validation documents")
     p.add_argument("--overwrite", action="store_true", help="replace an existing data directory")
-    p.add_argument("--workers", type=int, help="processes that encode (default: one per core)")
+    p.add_argument("--workers", type=int, help="processes that encode (default: one per core this process may use)")
     p.add_argument("--shard-tokens", type=int, help="tokens per shard file (default 100,000,000)")
     p.add_argument(
         "--compare-png",
@@ -168,7 +168,7 @@ def cmd_prepare(args) -> None:
         cleaning=cleaning_rules(args),
         encoding_errors=args.encoding_errors,
         workers=args.workers,
-        shard_tokens=args.shard_tokens or SHARD_TOKENS,
+        shard_tokens=SHARD_TOKENS if args.shard_tokens is None else args.shard_tokens,
         progress=True,
         compare_png=args.compare_png,
     )
@@ -245,9 +245,14 @@ def add_config_overrides(p) -> None:
     """Every config key as a flag, --max-iters N for max_iters (--max_iters too); `config_overrides`
     collects what was given. Shared by the verbs that take a run's config (train, sweep)."""
     group = p.add_argument_group("config overrides (--key value; the keys of the config's model and train sections)")
+    ranges = field_ranges()
     for key, (section, typ) in field_types().items():
+        accepts = f": {ranges[key].describe()}" if key in ranges else ""
         group.add_argument(
-            f"--{key.replace('_', '-')}", dest=f"override_{key}", metavar=typ.__name__.upper(), help=f"{section}.{key}"
+            f"--{key.replace('_', '-')}",
+            dest=f"override_{key}",
+            metavar=typ.__name__.upper(),
+            help=f"{section}.{key}{accepts}",
         )
 
 

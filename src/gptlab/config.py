@@ -44,6 +44,10 @@ class Range:
             return False
         return self.high is None or not (value > self.high or self.high_open and value == self.high)
 
+    def describe(self) -> str:
+        """The range with what its special values mean: 'at least 0 (0 turns clipping off)'."""
+        return f"{self}{f' ({self.note})' if self.note else ''}"
+
     def __str__(self) -> str:
         low, high = (b if b is None or not float(b).is_integer() else int(b) for b in (self.low, self.high))
         if low is not None and high is not None:
@@ -93,8 +97,7 @@ def check_ranges(settings: Any, name=lambda key: key) -> None:
             raise GptlabError(f"{name(f.name)} must be {kind}, got {value!r}")
         if value not in rng:
             finite = "" if math.isfinite(value) else "a finite number "
-            note = f" ({rng.note})" if rng.note else ""
-            raise GptlabError(f"{name(f.name)} must be {finite}{rng}{note}, got {value!r}")
+            raise GptlabError(f"{name(f.name)} must be {finite}{rng.describe()}, got {value!r}")
 
 
 SEED = dict(at_least=0, at_most=2**63 - 1)  # torch seeds are 64-bit; the trainer adds the step and rank to it
@@ -283,6 +286,11 @@ def field_types() -> dict[str, tuple[str, type]]:
         for f in fields(cls):
             out[f.name] = (section, type(getattr(cls(), f.name)))
     return out
+
+
+def field_ranges() -> dict[str, Range]:
+    """Every numeric key -> the Range it accepts (for --help and checks)."""
+    return {f.name: f.metadata["range"] for cls in SECTIONS.values() for f in fields(cls) if "range" in f.metadata}
 
 
 def coerce(key: str, value: Any, typ: type) -> Any:
