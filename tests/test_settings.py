@@ -213,6 +213,8 @@ def test_sizes_that_would_not_fit_in_memory_are_refused_before_allocating(checkp
     with pytest.raises(GptlabError, match="is free"):  # the console prints it as one line (run)
         Console(char_textgen, input, io.StringIO()).handle("/max 10000000000000")
     assert char_textgen.settings.max_new_tokens == 500  # unchanged
+    assert main(["chat", str(checkpoint), "--device", "cpu", "--max-new-tokens", "10000000000000"]) == 2
+    assert "is free" in capsys.readouterr().err  # before the first prompt
 
 
 # ---------------------------------------------------------------- the console

@@ -78,6 +78,7 @@ class Console:
     def run(self) -> None:
         """Read lines until /quit or end of input (Ctrl-D). No turn ends the conversation by failing:
         whatever goes wrong in one is told in one line, and the next prompt comes."""
+        self.textgen.check_fits(self.settings)  # a --max-new-tokens that cannot fit: refused before the first turn
         self._say("Type text for the model to continue; /help lists the commands, /quit leaves.")
         while True:
             try:
