@@ -51,7 +51,7 @@ def out_of_range(f) -> list:
         values.append(rng.low if rng.low_open else rng.low - step)
     if rng.high is not None:
         values.append(rng.high if rng.high_open else rng.high + step)
-    values += [2.5] if rng.whole else [math.nan, math.inf, -math.inf]
+    values += [2.5, 2**63] if rng.whole else [math.nan, math.inf, -math.inf]
     return values
 
 

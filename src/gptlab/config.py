@@ -27,7 +27,8 @@ from gptlab.errors import GptlabError
 @dataclass(frozen=True)
 class Range:
     """The values a numeric setting accepts: finite numbers between optional bounds, each bound
-    included unless marked open; `whole` for settings that count things."""
+    included unless marked open; `whole` for settings that count things, which also stay within
+    64 bits (they become tensor sizes, steps and seeds)."""
 
     low: float | None = None
     high: float | None = None
@@ -38,7 +39,7 @@ class Range:
     note: str = ""  # what a special value means, shown when a value is refused
 
     def __contains__(self, value: float) -> bool:
-        if not math.isfinite(value):
+        if not (abs(value) < 2**63 if self.whole else math.isfinite(value)):
             return False
         if self.low is not None and (value < self.low or self.low_open and value == self.low):
             return False
@@ -96,8 +97,9 @@ def check_ranges(settings: Any, name=lambda key: key) -> None:
         if isinstance(value, bool) or not isinstance(value, int if rng.whole else (int, float)):
             raise GptlabError(f"{name(f.name)} must be {kind}, got {value!r}")
         if value not in rng:
-            finite = "" if math.isfinite(value) else "a finite number "
-            raise GptlabError(f"{name(f.name)} must be {finite}{rng.describe()}, got {value!r}")
+            finite = "a finite number " if isinstance(value, float) and not math.isfinite(value) else ""
+            bits = " and below 2**63" if rng.whole and abs(value) >= 2**63 else ""
+            raise GptlabError(f"{name(f.name)} must be {finite}{rng.describe()}{bits}, got {value!r}")
 
 
 SEED = dict(at_least=0, at_most=2**63 - 1)  # torch seeds are 64-bit; the trainer adds the step and rank to it

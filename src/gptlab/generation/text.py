@@ -71,8 +71,10 @@ class TextGenerator:
         self, prompt: str, settings: SamplingSettings, num_samples: int, truncate: bool
     ) -> Iterator[tuple[int, str]]:
         """Check the request and encode the prompt now (a bad one raises before any output), then generate lazily."""
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise GptlabError(f"the number of samples (--num-samples) must be at least 1, got {num_samples!r}")
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or not 1 <= num_samples < 2**63:
+            raise GptlabError(
+                f"the number of samples (--num-samples) must be at least 1 and below 2**63, got {num_samples!r}"
+            )
         if not isinstance(prompt, str):
             raise GptlabError(f"the prompt must be text, got {type(prompt).__name__}")
         self.check_fits(settings, num_samples)
