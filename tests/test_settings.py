@@ -430,7 +430,7 @@ def test_stop_at_then_resume_equals_the_uninterrupted_run(corpus_file, tmp_path,
         == 0
     )
     out = capsys.readouterr().out
-    assert "stopped at step 5 of 12 as asked (stop_at): 5 steps" in out and f"gptlab train --resume {run}" in out
+    assert "stopped at step 5 of 12 as asked (--stop-at): 5 steps" in out and f"gptlab train --resume {run}" in out
     assert max(r["step"] for r in read_metrics(run)) == 5
     assert main(["train", "--resume", str(run)]) == 0
     assert "done: 7 steps (steps 6-12) in" in capsys.readouterr().out  # not "12 steps": 7 ran this time

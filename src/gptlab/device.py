@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+from pathlib import Path
 
 import torch
 
@@ -48,14 +49,15 @@ def available_cpus() -> int:
 
 def cgroup_cpu_quota() -> float | None:
     """CPUs' worth of time a cgroup allows per period (cgroup v2's cpu.max, else v1's cfs files), or None."""
+    cgroup = Path("/sys/fs/cgroup")
     try:
-        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
+        quota, period = (cgroup / "cpu.max").read_text().split()[:2]
         return None if quota == "max" else int(quota) / int(period)
     except (OSError, ValueError):
         pass
     try:
-        quota = int(open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read())
-        period = int(open("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read())
+        quota = int((cgroup / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((cgroup / "cpu" / "cpu.cfs_period_us").read_text())
         return None if quota <= 0 else quota / period
     except (OSError, ValueError):
         return None
@@ -65,8 +67,9 @@ def set_threads(threads: int = 0) -> int:
     """torch's intra-op CPU threads: `threads`; with 0, OMP_NUM_THREADS where it is set, else the
     cores available (available_cpus).
 
-    torch's own default is every core of the machine, which oversubscribes a container or a
-    machine shared with other jobs; two such processes on 2 cores once ran 400x slower here."""
+    torch's own default ignores a container's CPU quota and torchrun's other processes, and
+    oversubscribed threads are very slow (two trainings on these 2 cores once crawled 400x slower).
+    Jobs that share a machine should each pass their share (threads=1 for two jobs on 2 cores)."""
     if isinstance(threads, bool) or not isinstance(threads, int) or not 0 <= threads <= MAX_THREADS:
         raise GptlabError(
             f"--threads must be a whole number in [0, {MAX_THREADS}] (0: the cores available), got {threads}"

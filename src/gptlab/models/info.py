@@ -6,6 +6,7 @@ has shapes but no storage, so even gpt2-xl is described in milliseconds without 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -142,7 +143,7 @@ def describe(cfg: RunConfig, batch_size: int | None = None) -> ModelInfo:
     with ASSUMED_VOCAB tokens, and says so."""
     assumed = cfg.model.vocab_size == 0
     if assumed:
-        cfg.model.vocab_size = ASSUMED_VOCAB
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=ASSUMED_VOCAB))
     batch_size = cfg.train.batch_size if batch_size is None else batch_size
     if batch_size < 1:
         raise GptlabError(f"batch size must be at least 1, got {batch_size}")

@@ -452,7 +452,7 @@ class Trainer:
             steps = f"{ran} steps" + (f" (steps {start_step + 1}-{self.step})" if start_step else "")
             if self.step < tc.max_iters:
                 tqdm.write(
-                    f"stopped at step {self.step} of {tc.max_iters} as asked (stop_at): {steps} in {seconds:.1f}s; "
+                    f"stopped at step {self.step} of {tc.max_iters} as asked (--stop-at): {steps} in {seconds:.1f}s; "
                     f"saved {self.run_dir.last}; continue with `gptlab train --resume {self.run_dir.path}`"
                 )
             else:
