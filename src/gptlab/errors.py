@@ -9,6 +9,7 @@ class GptlabError(Exception):
     """
 
     exit_code = 2
+    is_error = True  # False for a stop the user asked for (Ctrl-C, SIGTERM): reported without "error:"
 
     def __init__(self, message: str = "", silent: bool = False):
         super().__init__(message)

@@ -1,7 +1,7 @@
 """More than one process: data-parallel (DDP) or fully sharded (FSDP2) training launched by torchrun.
 
-    torchrun --nproc_per_node 4 -m gptlab train --data DIR --out RUN ...                   (DDP, the default)
-    torchrun --nproc_per_node 4 -m gptlab train --data DIR --out RUN --parallel fsdp ...   (sharded)
+    torchrun --nproc-per-node 4 -m gptlab train --data DIR --out RUN ...                   (DDP, the default)
+    torchrun --nproc-per-node 4 -m gptlab train --data DIR --out RUN --parallel fsdp ...   (sharded)
 
 torchrun sets RANK, LOCAL_RANK and WORLD_SIZE for each process it starts; `init_distributed` reads
 them, joins the process group (NCCL on GPUs, gloo on CPU) and gives each process its own GPU
