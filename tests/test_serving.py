@@ -433,3 +433,29 @@ def test_sse_lines_are_openai_shaped(served):
     assert all(e.startswith("data: ") for e in events) and events[-1] == "data: [DONE]"
     first = json.loads(events[0][6:])
     assert first["object"] == "text_completion" and first["id"].startswith("cmpl-") and not math.isnan(first["created"])
+
+
+def test_a_busy_batch_leaves_a_core_to_the_http_side(reference):
+    """With spare_core, torch runs one thread fewer while more than BUSY_ROWS rows are live."""
+    from gptlab.serving.engine import BUSY_ROWS, Engine, Finished, Sequence
+
+    model, before = reference.model, torch.get_num_threads()
+    seen, forward = [], model.forward
+    model.forward = lambda idx, *a, **k: (seen.append((idx.size(0), torch.get_num_threads())), forward(idx, *a, **k))[1]
+    torch.set_num_threads(2)
+    try:
+        engine = Engine(model, None, max_batch=8, spare_core=True)
+        done = threading.Semaphore(0)
+        sink = lambda events: [done.release() for e in events if isinstance(e, Finished)]  # noqa: E731
+        engine.start()
+        engine.submit(
+            [Sequence([1, 2], SamplingSettings(max_new_tokens=4 + 2 * i, temperature=0), sink) for i in range(8)]
+        )
+        assert all(done.acquire(timeout=TIMEOUT) for _ in range(8))
+        engine.stop()
+    finally:
+        del model.forward
+        torch.set_num_threads(before)
+    steps = [(rows, threads) for rows, threads in seen if rows > 1]  # the batched steps (prefills are one row)
+    assert {threads for rows, threads in steps if rows > BUSY_ROWS} == {1}
+    assert {threads for rows, threads in steps if rows <= BUSY_ROWS} == {2}

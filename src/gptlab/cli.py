@@ -629,14 +629,16 @@ def add_serve(sub) -> None:
     )
     p.add_argument("--max-batch", type=int, default=16, help="sequences decoded together (default 16)")
     p.add_argument("--max-queue", type=int, default=64, help="sequences that may wait beyond those; more get 429")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    add_compute_args(p)
     p.set_defaults(func=cmd_serve)
 
 
 def cmd_serve(args) -> None:
     from gptlab.serving import serve
 
-    serve(args.checkpoint, args.host, args.port, args.api_key, args.max_batch, args.max_queue, args.device)
+    serve(
+        args.checkpoint, args.host, args.port, args.api_key, args.max_batch, args.max_queue, args.device, args.threads
+    )
 
 
 def build_parser() -> Parser:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
 import time
 import uuid
@@ -130,13 +131,13 @@ class Job:
 class Server:
     """The served model: checks requests, runs them through the engine, yields their text as it comes."""
 
-    def __init__(self, textgen: TextGenerator, name: str, max_batch: int, max_queue: int):
+    def __init__(self, textgen: TextGenerator, name: str, max_batch: int, max_queue: int, spare_core: bool):
         self.model = textgen.model
         self.tokenizer = textgen.tokenizer
         self.name = name
         self.created = int(time.time())
         self.block_size = self.model.config.block_size
-        self.engine = Engine(self.model, self.tokenizer.eot_id, max_batch, max_queue)
+        self.engine = Engine(self.model, self.tokenizer.eot_id, max_batch, max_queue, spare_core)
 
     def check_model(self, model: str) -> None:
         if model != self.name:
@@ -405,12 +406,14 @@ def create_app(
     max_body_bytes: int = 1 << 20,
     model_name: str | None = None,
     device: str = "auto",
+    threads: int = 0,
 ) -> FastAPI:
     """The server for a run or checkpoint directory (or a loaded TextGenerator, e.g. in a notebook).
 
     api_key: when set, /v1 requests need `Authorization: Bearer KEY`. max_batch: sequences decoded
     together; max_queue: sequences that may wait beyond those (more: 429). The engine's worker thread
     runs while the app does (its lifespan). model_name: the id clients send (default: the run's name).
+    device and threads: as for `gptlab sample` (threads 0: OMP_NUM_THREADS, else the cores available).
     app.state.server has the model, tokenizer, name and engine, for routes added beside these."""
     if max_batch < 1 or max_queue < 0 or max_body_bytes < 1:
         raise GptlabError(
@@ -422,8 +425,10 @@ def create_app(
     else:
         from gptlab.generation import load
 
-        textgen, name = load(source, device), served_name(Path(source))
-    server = Server(textgen, model_name or name, max_batch, max_queue)
+        textgen, name = load(source, device, threads=threads), served_name(Path(source))
+    # with threads chosen automatically, a busy batch leaves a core to the HTTP side (engine.BUSY_ROWS)
+    spare_core = threads == 0 and not os.environ.get("OMP_NUM_THREADS")
+    server = Server(textgen, model_name or name, max_batch, max_queue, spare_core)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -46,6 +46,7 @@ def serve(
     max_batch: int = 16,
     max_queue: int = 64,
     device: str = "auto",
+    threads: int = 0,
 ) -> None:
     """Serve a run or checkpoint until Ctrl-C or SIGTERM."""
     require_server_libraries()
@@ -55,7 +56,9 @@ def serve(
 
     sock = listening_socket(host, port)  # first: a taken port fails before the model loads
     try:
-        app = create_app(source, api_key=api_key, max_batch=max_batch, max_queue=max_queue, device=device)
+        app = create_app(
+            source, api_key=api_key, max_batch=max_batch, max_queue=max_queue, device=device, threads=threads
+        )
         shown = f"[{host}]" if ":" in host else host
         name = app.state.server.name
         print(f"gptlab: serving {name!r} at http://{shown}:{sock.getsockname()[1]}/v1 (OpenAI API); Ctrl-C stops")
