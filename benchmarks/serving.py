@@ -94,9 +94,11 @@ def free_port() -> int:
 class Contender:
     """One server process and the model id its requests name."""
 
-    def __init__(self, name: str, ckpt: Path, hf_dir: Path, log_dir: Path):
+    def __init__(self, name: str, ckpt: Path, hf_dir: Path, log_dir: Path, threads: int | None = None):
         self.name, self.port = name, free_port()
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+        if threads:  # both servers' torch reads it at start
+            env["OMP_NUM_THREADS"] = str(threads)
         bin_dir = Path(sys.executable).parent
         if name == "gptlab":
             command = [str(bin_dir / "gptlab"), "serve", str(ckpt), "--port", str(self.port), "--device", "cpu"]
@@ -192,7 +194,7 @@ def load_run(contender: Contender, concurrency: int, per_client: int, texts: lis
     }
 
 
-def run(quick: bool, rounds: int = 2, servers: tuple[str, ...] = tuple(SERVERS)) -> str:
+def run(quick: bool, rounds: int = 2, servers: tuple[str, ...] = tuple(SERVERS), threads: int | None = None) -> str:
     shape = (2, 2, 64) if quick else (6, 6, 384)
     per_client = {1: 2, 4: 2, 16: 1} if quick else {1: 4, 4: 2, 16: 1}
     texts = prompts(64)
@@ -203,7 +205,7 @@ def run(quick: bool, rounds: int = 2, servers: tuple[str, ...] = tuple(SERVERS))
         contenders = []
         try:
             for name in servers:
-                contenders.append(Contender(name, ckpt, hf_dir, tmp))
+                contenders.append(Contender(name, ckpt, hf_dir, tmp, threads))
             for c in contenders:
                 print(f"serving: waiting for {c.name} ...", file=sys.stderr, flush=True)
                 c.wait_ready()
@@ -222,10 +224,10 @@ def run(quick: bool, rounds: int = 2, servers: tuple[str, ...] = tuple(SERVERS))
         finally:
             for c in contenders:
                 c.stop()
-    return report(results, servers, shape, per_client, rounds, loads)
+    return report(results, servers, shape, per_client, rounds, loads, threads)
 
 
-def report(results, servers, shape, per_client, rounds, loads) -> str:
+def report(results, servers, shape, per_client, rounds, loads, threads) -> str:
     def med(name, c, key):
         return statistics.median(r[key] for r in results[(name, c)])
 
@@ -252,7 +254,9 @@ def report(results, servers, shape, per_client, rounds, loads) -> str:
     return f"""## Serving: `gptlab serve` vs `transformers serve`
 
 {shape[0]} layers, {shape[1]} heads, {shape[2]} wide, 50,257-token vocabulary, random weights (one gptlab
-checkpoint, exported with `export-hf` for transformers), float32 on the CPU. Streaming `/v1/completions`
+checkpoint, exported with `export-hf` for transformers), float32 on the CPU, torch threads: {
+        f"{threads} for every server (OMP_NUM_THREADS)" if threads else "each server's default (the cores)"
+    }. Streaming `/v1/completions`
 through the openai client, {NEW_TOKENS} new tokens, greedy; at concurrency c, c client threads each send
 {per_client[1]}, {per_client[4]}, {per_client[16]} requests (c = 1, 4, 16) back to back. Medians over {rounds}
 rounds, servers interleaved in each round; the client threads share the machine with the server.
@@ -276,9 +280,10 @@ def main() -> None:
         metavar="NAME",
         help=f"among {', '.join(SERVERS)}",
     )
+    parser.add_argument("--threads", type=int, help="torch threads of every server (default: each one's own)")
     args = parser.parse_args()
     start = time.perf_counter()
-    print(run(args.quick, args.rounds, tuple(args.servers)))
+    print(run(args.quick, args.rounds, tuple(args.servers), args.threads))
     command = "python -m benchmarks.serving" + "".join(f" {a}" for a in sys.argv[1:])
     print(f"_Command: `{command}` ({time.perf_counter() - start:.0f} s). Machine: {machine_line()}._")
 

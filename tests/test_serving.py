@@ -388,7 +388,8 @@ def test_a_client_that_disconnects_frees_its_row_within_a_step(chat_run, stream)
 # ---------------------------------------------------------------------------------------------- the verb
 
 
-def test_serve_prints_its_url_and_stops_cleanly_on_sigterm(chat_run):
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_serve_prints_its_url_and_stops_cleanly_on_sigterm_or_ctrl_c(chat_run, stop):
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "gptlab", "serve", str(chat_run), "--port", "0", "--device", "cpu"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -397,7 +398,7 @@ def test_serve_prints_its_url_and_stops_cleanly_on_sigterm(chat_run):
         assert line.startswith("gptlab: serving 'chat' at http://127.0.0.1:"), line + proc.stderr.read()
         url = line.split(" at ")[1].split("/v1")[0]
         assert httpx.get(url + "/health", timeout=TIMEOUT).json()["model"] == "chat"
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(stop)
         assert proc.wait(TIMEOUT) == 0
         assert "server stopped" in proc.stdout.read()
     finally:
@@ -433,29 +434,3 @@ def test_sse_lines_are_openai_shaped(served):
     assert all(e.startswith("data: ") for e in events) and events[-1] == "data: [DONE]"
     first = json.loads(events[0][6:])
     assert first["object"] == "text_completion" and first["id"].startswith("cmpl-") and not math.isnan(first["created"])
-
-
-def test_a_busy_batch_leaves_a_core_to_the_http_side(reference):
-    """With spare_core, torch runs one thread fewer while more than BUSY_ROWS rows are live."""
-    from gptlab.serving.engine import BUSY_ROWS, Engine, Finished, Sequence
-
-    model, before = reference.model, torch.get_num_threads()
-    seen, forward = [], model.forward
-    model.forward = lambda idx, *a, **k: (seen.append((idx.size(0), torch.get_num_threads())), forward(idx, *a, **k))[1]
-    torch.set_num_threads(2)
-    try:
-        engine = Engine(model, None, max_batch=8, spare_core=True)
-        done = threading.Semaphore(0)
-        sink = lambda events: [done.release() for e in events if isinstance(e, Finished)]  # noqa: E731
-        engine.start()
-        engine.submit(
-            [Sequence([1, 2], SamplingSettings(max_new_tokens=4 + 2 * i, temperature=0), sink) for i in range(8)]
-        )
-        assert all(done.acquire(timeout=TIMEOUT) for _ in range(8))
-        engine.stop()
-    finally:
-        del model.forward
-        torch.set_num_threads(before)
-    steps = [(rows, threads) for rows, threads in seen if rows > 1]  # the batched steps (prefills are one row)
-    assert {threads for rows, threads in steps if rows > BUSY_ROWS} == {1}
-    assert {threads for rows, threads in steps if rows <= BUSY_ROWS} == {2}

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import secrets
 import time
 import uuid
@@ -131,13 +130,13 @@ class Job:
 class Server:
     """The served model: checks requests, runs them through the engine, yields their text as it comes."""
 
-    def __init__(self, textgen: TextGenerator, name: str, max_batch: int, max_queue: int, spare_core: bool):
+    def __init__(self, textgen: TextGenerator, name: str, max_batch: int, max_queue: int):
         self.model = textgen.model
         self.tokenizer = textgen.tokenizer
         self.name = name
         self.created = int(time.time())
         self.block_size = self.model.config.block_size
-        self.engine = Engine(self.model, self.tokenizer.eot_id, max_batch, max_queue, spare_core)
+        self.engine = Engine(self.model, self.tokenizer.eot_id, max_batch, max_queue)
 
     def check_model(self, model: str) -> None:
         if model != self.name:
@@ -426,9 +425,7 @@ def create_app(
         from gptlab.generation import load
 
         textgen, name = load(source, device, threads=threads), served_name(Path(source))
-    # with threads chosen automatically, a busy batch leaves a core to the HTTP side (engine.BUSY_ROWS)
-    spare_core = threads == 0 and not os.environ.get("OMP_NUM_THREADS")
-    server = Server(textgen, model_name or name, max_batch, max_queue, spare_core)
+    server = Server(textgen, model_name or name, max_batch, max_queue)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -34,10 +34,6 @@ import torch
 from gptlab.generation.sampling import SamplingSettings, sample_next
 
 GREEDY = SamplingSettings(temperature=0.0)
-# Above this many live rows the HTTP side (a chunk per row per step) keeps a core busy; torch's threads
-# then stall waiting for one another on the core it takes, so a spare core pays: at 16 streams on 2
-# cores, 1 torch thread gave 1.3-1.9x the tokens/s of 2 (measured here; equal at 1 and 4 streams).
-BUSY_ROWS = 4
 
 
 @dataclass
@@ -103,15 +99,7 @@ class EngineStopped(Exception):
 
 
 class Engine:
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        stop_token: int | None,
-        max_batch: int = 16,
-        max_queue: int = 64,
-        spare_core: bool = False,
-    ):
-        """spare_core: run torch on one thread fewer while more than BUSY_ROWS rows are live."""
+    def __init__(self, model: torch.nn.Module, stop_token: int | None, max_batch: int = 16, max_queue: int = 64):
         if max_batch < 1 or max_queue < 0:
             raise ValueError(f"max_batch must be >= 1 and max_queue >= 0, got {max_batch} and {max_queue}")
         self.model = model.eval()
@@ -126,8 +114,6 @@ class Engine:
         self.waiting: deque[Sequence] = deque()
         self.rows_taken = 0  # live rows plus rows being admitted, counted under the lock
         self.steps = 0  # forward passes over the batch so far
-        self.threads = torch.get_num_threads()
-        self.spare_core = spare_core and self.threads > 1
         self.lock = threading.Lock()
         self.wake = threading.Condition(self.lock)
         self.stopping = False
@@ -228,10 +214,6 @@ class Engine:
         if not self.live:
             return
         live = self.live
-        if self.spare_core:
-            threads = self.threads - 1 if len(live) > BUSY_ROWS else self.threads
-            if torch.get_num_threads() != threads:
-                torch.set_num_threads(threads)
         last = torch.tensor([[seq.tokens[-1]] for seq in live], dtype=torch.long, device=self.device)
         logits = self.model(last, cache=self.cache.rows(0, len(live)))[0][:, -1]  # (rows, vocab)
         self.steps += 1
