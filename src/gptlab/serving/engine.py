@@ -259,8 +259,10 @@ class Engine:
 
     def _sample(self, logits: torch.Tensor, live: list[Sequence]) -> torch.Tensor:
         """Each row's next token with its own settings; greedy rows without a penalty share one argmax."""
-        chosen = torch.empty(len(live), dtype=torch.long, device=self.device)
         greedy = [i for i, seq in enumerate(live) if seq.settings.temperature == 0 and seq.seen is None]
+        if len(greedy) == len(live):  # no copy of the logits when every row is greedy
+            return sample_next(logits, GREEDY)[:, 0]
+        chosen = torch.empty(len(live), dtype=torch.long, device=self.device)
         if greedy:
             chosen[greedy] = sample_next(logits[greedy], GREEDY)[:, 0]
         for i, seq in enumerate(live):
