@@ -22,6 +22,7 @@ import os
 import signal
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,11 @@ from gptlab.training.optim import build_optimizers, set_lr
 from gptlab.training.schedule import lr_at
 
 CPU = torch.device("cpu")
+
+# Called after every evaluation with (step, {"train": loss, "val": loss}); returning True ends training
+# there, as if max_iters were reached (a sweep's pruner uses it). Under torchrun every process calls it
+# with the same losses, and it must answer the same on each.
+AfterEval = Callable[[int, dict[str, float]], bool]
 
 
 @dataclass
@@ -192,6 +198,8 @@ class Trainer:
         self.flops_per_token = flops_per_token(cfg.model)
         self.peak_flops = peak_flops(device, tc.peak_flops)
         self.metrics: MetricsLog | None = None  # opened by run(), on rank 0
+        self.after_eval: AfterEval | None = None
+        self.stop_early = False  # after_eval asked to end training
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -343,6 +351,8 @@ class Trainer:
         improved = self.losses["val"] < self.best_val
         self.best_val = min(self.best_val, self.losses["val"])
         self.save_last()
+        if self.after_eval is not None:
+            self.stop_early = bool(self.after_eval(self.step, dict(self.losses)))
         if not self.me.is_main:
             return
         self.metrics.write("eval", self.step, train_loss=self.losses["train"], val_loss=self.losses["val"])
@@ -373,8 +383,9 @@ class Trainer:
 
     # -- the loop --------------------------------------------------------------------------------
 
-    def run(self, progress: bool | None = None) -> TrainResult:
+    def run(self, progress: bool | None = None, after_eval: AfterEval | None = None) -> TrainResult:
         tc, me = self.tc, self.me
+        self.after_eval = after_eval
         start_step = self.step
         if me.is_main:
             self.metrics = MetricsLog(self.run_dir.path, tc.tensorboard, start_step)
@@ -399,7 +410,7 @@ class Trainer:
                 self.evaluate()
             log_time, log_step = time.perf_counter(), self.step
             stop.install()
-            while self.step < tc.max_iters:
+            while self.step < tc.max_iters and not self.stop_early:
                 loss, lr = self.train_step()
                 bar.update(1)
                 if self.step % tc.log_interval == 0 or self.step == tc.max_iters:
@@ -428,7 +439,7 @@ class Trainer:
                     self.save_last()
                     log_time, log_step = time.perf_counter(), self.step  # nor is saving
                 signum = self.stop_signal(stop)
-                if signum and self.step < tc.max_iters:
+                if signum and self.step < tc.max_iters and not self.stop_early:
                     if self.saved_step != self.step:
                         self.save_last()
                     raise TrainingInterrupted(
@@ -443,12 +454,15 @@ class Trainer:
                 self.metrics.close()
         seconds = time.perf_counter() - start
         if me.is_main:
+            ended = (
+                f"stopped early at step {self.step} of {tc.max_iters}" if self.stop_early else f"{tc.max_iters} steps"
+            )
             tqdm.write(
-                f"done: {tc.max_iters} steps in {seconds:.1f}s, best val loss {self.best_val:.4f}; checkpoints in "
+                f"done: {ended} in {seconds:.1f}s, best val loss {self.best_val:.4f}; checkpoints in "
                 f"{self.run_dir.path}"
             )
         return TrainResult(
-            self.run_dir.path, tc.max_iters, self.best_val, self.losses["val"], self.losses["train"], seconds
+            self.run_dir.path, self.step, self.best_val, self.losses["val"], self.losses["train"], seconds
         )
 
 
@@ -459,11 +473,13 @@ def train(
     overwrite: bool = False,
     progress: bool | None = None,
     init_from: Path | None = None,
+    after_eval: AfterEval | None = None,
 ) -> TrainResult:
     """Train a new run on a prepared data directory; `progress=None` shows the bar only on a terminal.
 
     init_from: a checkpoint (or run directory) whose weights and architecture the run starts from
     (fine-tuning); cfg.model.dropout still applies, the optimizer starts fresh at step 0.
+    after_eval: see AfterEval.
     """
     data = TokenData(data_dir)
     start = None
@@ -492,13 +508,17 @@ def train(
         trainer = Trainer(cfg, data, run_dir, me, device)
         if start is not None:
             trainer.model.load_state_dict(start.model.state_dict())
-        return trainer.run(progress)
+        return trainer.run(progress, after_eval)
     finally:
         shutdown_distributed()
 
 
 def resume(
-    run_dir: Path, overrides: dict[str, Any] | None = None, data_dir: Path | None = None, progress: bool | None = None
+    run_dir: Path,
+    overrides: dict[str, Any] | None = None,
+    data_dir: Path | None = None,
+    progress: bool | None = None,
+    after_eval: AfterEval | None = None,
 ) -> TrainResult:
     """Continue a run from its last/ checkpoint: weights, optimizer, scaler, step, sampler position
     and RNG states all come back, so (on CPU) the losses are the ones an uninterrupted run logs.
@@ -548,6 +568,6 @@ def resume(
         trainer = Trainer(cfg, data, run_dir, me, device)
         trainer.model.load_state_dict(load_checkpoint(ckpt_dir).model.state_dict())
         trainer.load_state_dict(state)
-        return trainer.run(progress)
+        return trainer.run(progress, after_eval)
     finally:
         shutdown_distributed()
