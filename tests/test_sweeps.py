@@ -188,9 +188,9 @@ def test_random_and_tpe_search_are_reproducible_with_a_seed(data, tmp_path, sear
         make_sweep(data, tmp_path / name, params, search, trials, seed=seed, max_iters="2").run()
         return [(t.params, t.value) for t in load_study(tmp_path / name).get_trials()]
 
-    first = run("a", "7", 4)  # tpe: 1 random trial, then 3 drawn by TPE from the results so far
-    assert run("b", "7", 4) == first
-    assert len({p["learning_rate"] for p, _ in first}) == 4
+    first = run("a", "7", 3)  # tpe: 1 random trial, then 2 drawn by TPE from the results so far
+    assert run("b", "7", 3) == first
+    assert len({p["learning_rate"] for p, _ in first}) == 3
     assert run("c", "8", 1)[0][0] != first[0][0]  # another seed draws another trial
     assert load_checkpoint(tmp_path / "a" / "trial-0000").config.train.seed == 7  # --seed also seeds training
 
@@ -201,7 +201,7 @@ def test_random_and_tpe_search_are_reproducible_with_a_seed(data, tmp_path, sear
 def test_pruning_stops_a_deliberately_bad_trial(data, tmp_path):
     out = tmp_path / "prune"
     params = ["learning_rate=loguniform:1e-6:1e-2"]
-    sweep = make_sweep(data, out, params, "random", 4, prune=True, max_iters="8", min_lr="0")
+    sweep = make_sweep(data, out, params, "random", 4, prune=True, min_lr="0")
     for lr in (5e-3, 5e-3, 5e-3, 1e-6):  # three good trials, then one that learns nothing
         sweep.study.enqueue_trial({"learning_rate": lr})
     summary = sweep.run()
@@ -210,7 +210,7 @@ def test_pruning_stops_a_deliberately_bad_trial(data, tmp_path):
     assert trials[3].params["learning_rate"] == 1e-6
     assert read_info(complete_directory(out / "trial-0003" / "last"))["step"] == 2  # its first evaluation after 0
     assert max(r["step"] for r in read_metrics(out / "trial-0003")) == 2
-    assert all(max(r["step"] for r in read_metrics(out / f"trial-{i:04d}")) == 8 for i in range(3))
+    assert all(max(r["step"] for r in read_metrics(out / f"trial-{i:04d}")) == 4 for i in range(3))
     pruned = next(r for r in summary.rows if r.status == "pruned")
     assert pruned.steps == 2 and pruned.saved_seconds > 0
     assert "4 trials: 3 complete, 1 pruned." in summary.text()
@@ -254,7 +254,7 @@ def start_sweep(argv: list[str]) -> subprocess.Popen:
 
 
 def running_trial_with_checkpoint(out: Path) -> bool:
-    """Trial 0 is complete and another trial is RUNNING with a checkpoint past step 0."""
+    """Trial 0 is complete and trial 1 is RUNNING with its checkpoint of step 50 (of 100)."""
     if not (out / "study.db").exists():
         return False
     try:
@@ -266,7 +266,7 @@ def running_trial_with_checkpoint(out: Path) -> bool:
     for t in trials:
         last = complete_directory(out / f"trial-{t.number:04d}" / "last")
         try:
-            if t.state == TrialState.RUNNING and last and 0 < read_info(last)["step"] < 12:
+            if t.state == TrialState.RUNNING and last and 0 < read_info(last)["step"] < 100:
                 return True
         except (OSError, ValueError):  # replaced while read
             pass
@@ -275,8 +275,8 @@ def running_trial_with_checkpoint(out: Path) -> bool:
 
 def test_a_killed_sweep_rerun_finishes_the_study_without_repeating_finished_trials(data, tmp_path, capsys):
     out = tmp_path / "killed"
-    grid = ["--search", "grid", "--param", "learning_rate=choice:1e-3,2e-3,3e-3"]
-    argv = sweep_args(data, out, *grid, max_iters="12", eval_interval="4")
+    grid = ["--search", "grid", "--param", "learning_rate=choice:1e-3,2e-3"]
+    argv = sweep_args(data, out, *grid, max_iters="100", eval_interval="50")  # steps are cheap, evaluations not
     proc = start_sweep(argv)
     deadline = time.monotonic() + 120
     while not running_trial_with_checkpoint(out) and proc.poll() is None and time.monotonic() < deadline:
@@ -293,27 +293,40 @@ def test_a_killed_sweep_rerun_finishes_the_study_without_repeating_finished_tria
     assert main(argv) == 0  # the same command again
     printed = capsys.readouterr().out
     after = load_study(out).get_trials()
-    assert len(after) == 3 and all(t.state == TrialState.COMPLETE for t in after)
+    assert len(after) == 2 and all(t.state == TrialState.COMPLETE for t in after)
     for n in finished:  # untouched: neither trained again nor re-recorded
         assert after[n].datetime_complete == before[n].datetime_complete
         assert (out / f"trial-{n:04d}" / "metrics.jsonl").read_text() == metrics[n]
     assert f"trial {killed[0]} was interrupted" in printed and "resuming at step" in printed
     assert after[killed[0]].user_attrs["interruptions"] == 1
     steps = [r["step"] for r in read_metrics(out / f"trial-{killed[0]:04d}") if r["kind"] == "eval"]
-    assert steps == [0, 4, 8, 12]
+    assert steps == [0, 50, 100]
 
 
 def test_two_processes_share_one_study_without_overlap(data, tmp_path):
     out = tmp_path / "shared"
-    grid = ["--param", "learning_rate=choice:1e-3,2e-3,3e-3", "--param", "block_size=choice:8,16"]
-    argv = sweep_args(data, out, "--search", "grid", *grid, max_iters="6", eval_interval="3")
+    grid = ["--param", "learning_rate=choice:1e-3,2e-3", "--param", "block_size=choice:8,16"]
+    argv = sweep_args(data, out, "--search", "grid", *grid, max_iters="40", eval_interval="40")
     procs = [start_sweep(argv) for _ in range(2)]
     logs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], logs
     trials = load_study(out).get_trials()
-    assert [t.state for t in trials] == [TrialState.COMPLETE] * 6
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
     points = [(t.params["learning_rate"], t.params["block_size"]) for t in trials]
-    assert sorted(points) == sorted(itertools.product([1e-3, 2e-3, 3e-3], [8, 16]))  # each point once
+    assert sorted(points) == sorted(itertools.product([1e-3, 2e-3], [8, 16]))  # each point once
     by = [t.user_attrs["worker"]["pid"] for t in trials]
     assert set(by) == {p.pid for p in procs}, by  # both took trials
-    assert sorted(p.name for p in out.glob("trial-*")) == [f"trial-{n:04d}" for n in range(6)]
+    assert sorted(p.name for p in out.glob("trial-*")) == [f"trial-{n:04d}" for n in range(4)]
+
+
+def test_sweep_directories_share_a_study_in_another_database(data, tmp_path, capsys):
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    shared = ["--param", "learning_rate=loguniform:1e-3:1e-2", "--storage", storage, "--study-name", "lr"]
+    assert main(sweep_args(data, tmp_path / "a", *shared, "--trials", "1", max_iters="2")) == 0
+    assert main(sweep_args(data, tmp_path / "b", *shared, "--trials", "2", max_iters="2")) == 0
+    trials = optuna.load_study(study_name="lr", storage=storage).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    assert [p.name for p in (tmp_path / "a").glob("trial-*")] == ["trial-0000"]
+    assert [p.name for p in (tmp_path / "b").glob("trial-*")] == ["trial-0001"]
+    assert "2 trials: 2 complete." in capsys.readouterr().out
+    assert not (tmp_path / "a" / "study.db").exists()

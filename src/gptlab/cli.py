@@ -505,7 +505,7 @@ def add_sweep(sub) -> None:
     p.add_argument(
         "--prune",
         action="store_true",
-        help="stop a trial whose val loss is worse than the median of completed trials at the same step",
+        help="stop a trial whose val loss is worse than 3/4 of the completed trials' at the same step",
     )
     p.add_argument(
         "--storage",
