@@ -88,7 +88,7 @@ BAD = [
     (["--param", "block_size=choice:8,8", "--trials", "2"], "a value is listed twice"),
     (["--param", "optimizer=uniform:1:2", "--trials", "2"], "optimizer takes str values, not a range"),
     (["--param", "vocab_size=choice:10,20", "--trials", "2"], "vocab_size comes from the data directory"),
-    (["--param", "block_size=choice:0,8", "--trials", "2"], "block_size=0, which fails: block_size must be at least 1"),
+    (["--param", "block_size=choice:0,8", "--trials", "2"], "block_size=0, which fails: block_size must be in [1, "),
     (["--param", "n_head=choice:2,3", "--trials", "2"], "n_head=3, which fails: n_embd (16) must be divisible"),
     (["--param", "block_size=choice:8,100000", "--trials", "2"], "block_size=100000, which fails: the train split"),
     (["--param", "learning_rate=loguniform:1e-5:1e-2", "--trials", "2"], "min_lr must be in [0, learning_rate]"),
@@ -97,7 +97,7 @@ BAD = [
     (["--param", "block_size=choice:8,16", "--search", "grid", "--trials", "3"], "the grid has 2 points"),
     (["--param", "block_size=choice:8,16", "--trials", "0"], "--trials must be at least 1"),
     (["--param", "block_size=choice:8", "--param", "block_size=choice:16", "--trials", "2"], "is given twice"),
-    (["--param", "n_embd=choice:16,32", "--trials", "2"], "n_embd is both swept (--param) and fixed (--n_embd)"),
+    (["--param", "n_embd=choice:16,32", "--trials", "2"], "n_embd is both swept (--param) and fixed (--n-embd)"),
     (["--param", "block_size=choice:8,16", "--trials", "2", "--max_iters", "0"], "max_iters must be at least 1"),
     (["--trials", "2"], "give at least one --param"),
     (["--param", "block_size=choice:8,16", "--trials", "2", "--storage", "nodb://x"], "cannot be opened"),
@@ -159,12 +159,18 @@ def test_grid_search_trains_exactly_the_grid_and_summarises_it(data, tmp_path, c
     longer = build_config(parsed.preset, config_overrides(parsed))
     assert longer.train.max_iters == 50  # the tiny preset's, more than twice the trial's 4
     longer.train.max_iters = trained.train.max_iters
+    assert (
+        trained.train.threads >= 1 and longer.train.threads == 0
+    )  # the trial's share of the cores; the command's: all
+    longer.train.threads = trained.train.threads
     trained.model.vocab_size = 0
     assert longer == trained
 
     # gptlab compare prints the same table for these runs
-    assert main(["compare", *(str(out / f"trial-{t.number:04d}") for t in trials)]) == 0
+    compared = tmp_path / "compare.csv"
+    assert main(["compare", *(str(out / f"trial-{t.number:04d}") for t in trials), "--csv", str(compared)]) == 0
     assert table_rows(capsys.readouterr().out) == summary_rows
+    assert [r["best_val_loss"] for r in csv.DictReader(compared.open())] == [r["best_val_loss"] for r in rows]
 
     # the same command again: nothing left to train; other settings on this study: refused
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("trial-*/metrics.jsonl")}
@@ -255,12 +261,9 @@ def start_sweep(argv: list[str]) -> subprocess.Popen:
 
 def running_trial_with_checkpoint(out: Path) -> bool:
     """Trial 0 is complete and trial 1 is RUNNING with its checkpoint of step 50 (of 100)."""
-    if not (out / "study.db").exists():
+    if not (out / ".workers").exists():  # the sweep has not finished creating its study yet
         return False
-    try:
-        trials = load_study(out).get_trials()
-    except (KeyError, optuna.exceptions.StorageInternalError):  # the study is being created
-        return False
+    trials = load_study(out).get_trials()
     if not trials or trials[0].state != TrialState.COMPLETE:
         return False
     for t in trials:

@@ -102,7 +102,7 @@ def parse_space(specs: list[str], fixed: dict[str, Any]) -> list[Param]:
         if keys.count(key) > 1:
             raise GptlabError(f"--param {key}=... is given twice; give each key once")
         if key in fixed:
-            raise GptlabError(f"{key} is both swept (--param) and fixed (--{key}); drop one of them")
+            raise GptlabError(f"{key} is both swept (--param) and fixed (--{key.replace('_', '-')}); drop one of them")
     return space
 
 
@@ -127,10 +127,10 @@ def check_space(space: list[Param], base: RunConfig, data: TokenData, every_comb
         points = [{p.key: v} for p in space for v in p.values]
     for point in points:
         cfg = copy.deepcopy(base)
-        for key, value in point.items():
-            set_field(cfg, key, value)
         cfg.model.vocab_size = data.vocab_size
         try:
+            for key, value in point.items():
+                set_field(cfg, key, value)
             cfg.validate()
             data.check_fits(cfg.model.block_size, cfg.train.batch_size)
         except GptlabError as e:

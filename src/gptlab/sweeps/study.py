@@ -37,12 +37,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from gptlab.atomic import complete_directory
 from gptlab.checkpoint import RunDir, read_info
 from gptlab.config import build_config, field_types
 from gptlab.data.batches import TokenData
+from gptlab.device import set_threads
 from gptlab.errors import GptlabError
 from gptlab.sweeps.space import Param, check_space, grid
 from gptlab.sweeps.summary import Row, SweepSummary, run_row, show, train_command
@@ -61,7 +61,6 @@ SEARCHES = ("tpe", "random", "grid")
 PRUNE_PERCENTILE = 75.0  # --prune: stop a trial worse than this share of the completed trials at a step
 SPEC = "gptlab_sweep"  # the study's user attribute that records what the sweep is
 HOST = socket.gethostname()
-CORES = torch.get_num_threads()  # torch's default here (physical cores, or OMP_NUM_THREADS)
 UNRECORDED_GRACE = timedelta(minutes=1)  # a claim records its process within this; older and unrecorded: orphaned
 STATUS = {
     TrialState.COMPLETE: "complete",
@@ -114,11 +113,10 @@ class Worker:
         self.path.unlink(missing_ok=True)
 
     def share_cores(self) -> int:
-        """Set torch's threads to this machine's cores shared among the sweep processes alive in this sweep."""
+        """torch threads for this process's next trial: what --threads 0 gives here (OMP_NUM_THREADS,
+        else the cores available), shared among the sweep processes alive in this sweep."""
         alive = sum(process_alive(p) for p in self.path.parent.glob("*.lock"))
-        threads = max(1, CORES // max(1, alive))
-        torch.set_num_threads(threads)
-        return threads
+        return max(1, set_threads(0) // max(1, alive))
 
 
 def spec_text(key: str, value: Any) -> str:
@@ -126,7 +124,7 @@ def spec_text(key: str, value: Any) -> str:
     if key == "params":
         return " ".join(f"--param {spec}" for spec in value)
     if key == "fixed":
-        return " ".join(f"--{k} {show(v)}" for k, v in value.items()) or "no --key value"
+        return " ".join(f"--{k.replace('_', '-')} {show(v)}" for k, v in value.items()) or "no --key value"
     if key == "data_sha256":
         return f"data {value[:12]}"
     return f"--{key} {value}"
@@ -143,7 +141,7 @@ def open_storage(url: str):
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
     except Exception as e:  # sqlalchemy: a malformed URL, a missing driver, an unreachable server
-        raise GptlabError(f"--storage {url!r} cannot be opened: {str(e).splitlines()[0]}") from None
+        raise GptlabError(f"the study's database {url!r} cannot be opened: {str(e).splitlines()[0]}") from None
 
 
 def claim_lock(url: str):
@@ -203,7 +201,7 @@ class Sweep:
             try:
                 self.storage = open_storage(url)
             except GptlabError:
-                if new_out:
+                if new_out and not any(self.out.iterdir()):
                     self.out.rmdir()
                 raise
             pruner = (
@@ -319,7 +317,7 @@ class Sweep:
         params = {p.key: p.suggest(trial) for p in self.space}
         run_dir = self.trial_dir(trial.number)
         resuming = trial.user_attrs.get("interruptions", 0) > 0
-        threads = worker.share_cores()
+        threads = self.fixed.get("threads") or worker.share_cores()  # --threads N is kept as given
         print(
             f"trial {trial.number}{' (resuming)' if resuming else ''}: "
             + ", ".join(f"{k}={show(v)}" for k, v in params.items())
@@ -335,7 +333,7 @@ class Sweep:
             return pruned
 
         try:
-            self.train_trial(params, run_dir, resuming, after_eval, progress)
+            self.train_trial({**params, "threads": threads}, run_dir, resuming, after_eval, progress)
         except TrainingInterrupted as e:  # Ctrl-C or SIGTERM: the trainer saved a checkpoint
             self.put_back(trial._trial_id, trial.user_attrs)
             raise TrainingInterrupted(
@@ -363,15 +361,17 @@ class Sweep:
             flush=True,
         )
 
-    def train_trial(self, params: dict[str, Any], run_dir: Path, resuming: bool, after_eval, progress) -> None:
+    def train_trial(self, settings: dict[str, Any], run_dir: Path, resuming: bool, after_eval, progress) -> None:
+        """settings: the trial's params and its threads, over the fixed keys."""
         last = complete_directory(RunDir(run_dir).last) if resuming else None
         if last is None:  # a new trial, or one interrupted before its first checkpoint
-            cfg = build_config(self.preset, {**self.fixed, **params})
+            cfg = build_config(self.preset, {**self.fixed, **settings})
             train(cfg, self.data_dir, run_dir, overwrite=resuming, progress=progress, after_eval=after_eval)
             return
         info = read_info(last)
         if info["step"] < info["run"]["train"]["max_iters"]:
-            resume(run_dir, data_dir=self.data_dir, progress=progress, after_eval=after_eval)
+            threads = {"threads": settings["threads"]}
+            resume(run_dir, threads, data_dir=self.data_dir, progress=progress, after_eval=after_eval)
         # else it finished training before its process ended: only its record is left to write
 
     def record_run(self, trial, run_dir: Path) -> Row | None:

@@ -128,10 +128,13 @@ def table_csv(rows: list[Row], keys: list[str]) -> str:
     return out.getvalue()
 
 
-def compare_runs(run_dirs: list[Path]) -> str:
-    """`gptlab compare`: the table of these runs, with a column for each setting that differs among them."""
+def compare_runs(run_dirs: list[Path], csv_path: Path | None = None) -> str:
+    """`gptlab compare`: the table of these runs, with a column for each setting that differs among them
+    (also written to csv_path as CSV, like a sweep's summary.csv)."""
     rows = [run_row(Path(d)) for d in run_dirs]
     keys = [k for k in rows[0].params if k != "vocab_size" and len({show(r.params.get(k)) for r in rows}) > 1]
+    if csv_path is not None:
+        write_text_atomic(Path(csv_path), table_csv(rows, keys))
     return table(rows, keys)
 
 
@@ -145,7 +148,7 @@ def train_command(preset: str | None, data_dir: Path, out: Path, settings: dict[
     mine, theirs = config_values(cfg.to_dict()), config_values(base.to_dict())
     for key, value in mine.items():
         if value != theirs[key]:
-            flags += [f"--{key}", show(value) if not isinstance(value, float) else f"{value:.6g}"]
+            flags += [f"--{key.replace('_', '-')}", show(value) if not isinstance(value, float) else f"{value:.6g}"]
     preset_flag = ["--preset", preset] if preset else []
     return shlex.join(["gptlab", "train", *preset_flag, "--data", str(data_dir), "--out", str(out), *flags])
 

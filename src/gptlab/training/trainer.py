@@ -5,8 +5,8 @@
 
 One step is one optimizer update over batch_size * grad_accum sequences. Under torchrun the
 grad_accum micro-batches of a step are shared out among the processes (each runs
-grad_accum / world_size of them; DDP averages the gradients), so a config trains the same way on
-1 or N processes, and only rank 0 writes files.
+grad_accum / world_size of them; DDP or FSDP averages the gradients), so a config trains the same
+way on 1 or N processes, and only rank 0 writes files (but for the shards of a sharded last/).
 
 The trainer knows the data as token streams and a vocabulary size; it copies the tokenizer file
 into each checkpoint without reading it, and loads the tokenizer only to decode its text samples.
@@ -28,20 +28,31 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+    set_state_dict,
+)
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from gptlab.atomic import complete_directory, remove_directory, verify_directory, write_text_atomic
 from gptlab.checkpoint import (
+    CONFIG,
     TRAINER_STATE,
     RunDir,
+    is_sharded,
     keep_history,
     load_checkpoint,
+    load_shards,
     load_trainer_state,
     read_info,
     save_checkpoint,
+    save_sharded_checkpoint,
 )
-from gptlab.config import RunConfig, field_types, set_field
+from gptlab.config import RunConfig, TrainConfig, field_types, set_field
 from gptlab.data.batches import TokenData
 from gptlab.data.format import tokenizer_path
 from gptlab.device import autocast, autocast_dtype, peak_flops, setup_device
@@ -53,9 +64,13 @@ from gptlab.tokenizers import load_tokenizer
 from gptlab.training.distributed import (
     SINGLE,
     Dist,
+    agree,
+    check_layout,
     gather_to_all,
+    gathered_model,
     init_distributed,
     on_main,
+    shard_model,
     shutdown_distributed,
     sum_over_ranks,
 )
@@ -68,7 +83,7 @@ from gptlab.training.schedule import lr_at
 CPU = torch.device("cpu")
 
 # Called after every evaluation with (step, {"train": loss, "val": loss}); returning True ends training
-# there, as if max_iters were reached (a sweep's pruner uses it). Under torchrun every process calls it
+# there, resumable like a --stop-at (a sweep's pruner uses it). Under torchrun every process calls it
 # with the same losses, and it must answer the same on each.
 AfterEval = Callable[[int, dict[str, float]], bool]
 
@@ -76,11 +91,17 @@ AfterEval = Callable[[int, dict[str, float]], bool]
 @dataclass
 class TrainResult:
     run_dir: Path
-    steps: int
+    steps: int  # the step the run reached (max_iters, or stop_at)
     best_val_loss: float
     final_val_loss: float
     final_train_loss: float
     seconds: float
+    steps_run: int = 0  # steps this call ran (fewer than `steps` after a resume)
+
+
+def precision(device: torch.device, tc: TrainConfig):
+    """Autocast for a forward pass; under FSDP the sharded model casts by itself (distributed.shard_model)."""
+    return contextlib.nullcontext() if tc.parallel == "fsdp" else autocast(device, tc.dtype)
 
 
 @torch.no_grad()
@@ -89,20 +110,23 @@ def estimate_loss(
 ) -> dict[str, float]:
     """Mean loss over eval_iters batches per split. The batches are the same at every call
     (their own seeded generator), so successive estimates differ only because the model did.
-    Under torchrun batch i is evaluated by rank i % world_size and the sums are added up."""
+    Under torchrun batch i is evaluated by rank i % world_size and the sums are added up. Every rank
+    runs as many forward passes (a sharded model's are collective), the last round's spares uncounted."""
     was_training = model.training
     model.eval()
     out = {}
+    rounds = -(-cfg.train.eval_iters // me.world_size)
     for split in splits:
         gen = torch.Generator().manual_seed(cfg.train.seed + 1)
         total = torch.zeros((), dtype=torch.float64, device=device)
-        for i in range(cfg.train.eval_iters):
+        for i in range(rounds * me.world_size):
             mine = i % me.world_size == me.rank
             x, y = data.get_batch(split, cfg.train.batch_size, cfg.model.block_size, gen, device if mine else CPU)
             if mine:
-                with autocast(device, cfg.train.dtype):
+                with precision(device, cfg.train):
                     _, loss = model(x, y)
-                total += loss.double()
+                if i < cfg.train.eval_iters:
+                    total += loss.double()
         out[split] = sum_over_ranks(me, total).item() / cfg.train.eval_iters
     model.train(was_training)
     return out
@@ -151,6 +175,22 @@ def check_same_tokens(data: TokenData, info: dict[str, Any], ckpt_dir: Path, tex
         )
 
 
+def optimizer_state_by_name(model: GPT, optimizers: list, saved: list[dict[str, Any]]) -> dict[str, Any]:
+    """One-file checkpoints keep each optimizer's state_dict, parameters numbered by position; this is the
+    same state keyed by parameter name, the form torch.distributed.checkpoint.state_dict loads into a
+    plain, DDP or sharded model alike (the optimizers are built in the same parameter order each way)."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    state, groups = {}, []
+    for opt, saved_opt in zip(optimizers, saved):
+        for group, saved_group in zip(opt.param_groups, saved_opt["param_groups"]):
+            fqns = [names[id(p)] for p in group["params"]]
+            state.update(
+                {fqn: saved_opt["state"][i] for i, fqn in zip(saved_group["params"], fqns) if i in saved_opt["state"]}
+            )
+            groups.append({**saved_group, "params": fqns})
+    return {"state": state, "param_groups": groups}
+
+
 class Trainer:
     """A model, its optimizers and everything else a step changes; `state_dict` captures all of it."""
 
@@ -164,23 +204,21 @@ class Trainer:
             device,
         )
         tc = self.tc
-        if tc.grad_accum % me.world_size:
-            raise GptlabError(
-                f"grad_accum ({tc.grad_accum}) must be a multiple of the number of processes ({me.world_size}): "
-                f"each process runs grad_accum / {me.world_size} micro-batches of the global batch"
-            )
         if tc.tensorboard:
             require_tensorboard()
         torch.manual_seed(tc.seed)  # the same initial weights on every process
         self.model = build_model(cfg.model).to(device)
+        self.sharded = tc.parallel == "fsdp"  # FSDP changes self.model in place: it stays the one to call
+        self.ddp = None
+        if self.sharded:
+            shard_model(self.model, device, tc.dtype)
+        elif me.enabled:
+            self.ddp = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
         torch.manual_seed(tc.seed + 1 + me.rank)  # dropout: its own stream on each process
-        self.optimizers = build_optimizers(self.model, tc)
+        self.optimizers = build_optimizers(self.model, tc)  # after sharding: each process steps its own shards
         # fp16 gradients underflow; the scaler multiplies the loss up and the gradients back down.
         # Disabled (a pass-through) in every other precision, so there is one code path.
         self.scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype(device, tc.dtype) == torch.float16)
-        self.ddp = None
-        if me.enabled:
-            self.ddp = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
         self.forward = self.ddp or self.model
         if tc.compile:
             self.forward = torch.compile(self.forward)
@@ -204,14 +242,15 @@ class Trainer:
     # -- state ---------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything but the weights, for last/trainer.pt. Collective: gathers every rank's RNG."""
+        """Everything but the weights (and, sharded, the optimizer state), for last/trainer.pt.
+        Collective: gathers every rank's RNG."""
         rng = {
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
         }
         return {
             "step": self.step,
-            "optimizers": [opt.state_dict() for opt in self.optimizers],
+            "optimizers": [] if self.sharded else [opt.state_dict() for opt in self.optimizers],
             "scaler": self.scaler.state_dict(),
             "best_val_loss": self.best_val,
             "losses": self.losses,
@@ -219,14 +258,45 @@ class Trainer:
             "rng_per_rank": gather_to_all(self.me, rng),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if len(state["optimizers"]) != len(self.optimizers):
+    def load_last(self, ckpt_dir: Path, trained_with: str) -> None:
+        """Weights, optimizer state and the rest from a last/ checkpoint however it was saved (one file or
+        shards) and on however many processes, into this model plain, under DDP or sharded.
+        trained_with: the optimizer the checkpoint's run used."""
+        if trained_with != self.tc.optimizer:
             raise GptlabError(
                 f"the checkpoint was trained with another optimizer than --optimizer {self.tc.optimizer}; resume "
                 "without changing it"
             )
-        for opt, opt_state in zip(self.optimizers, state["optimizers"]):
-            opt.load_state_dict(opt_state)
+        state = load_trainer_state(ckpt_dir)
+        if is_sharded(ckpt_dir):
+            shards = self.shards()  # the layout to fill: this job's shards, or whole tensors
+            load_shards(ckpt_dir, shards, collective=self.sharded)
+            set_state_dict(
+                self.model, self.optimizers, model_state_dict=shards["model"], optim_state_dict=shards["optim"]
+            )
+        else:
+            whole = StateDictOptions(full_state_dict=True)  # each process keeps its part of the whole tensors
+            set_model_state_dict(self.model, load_checkpoint(ckpt_dir).model.state_dict(), options=whole)
+            if any(saved["state"] for saved in state["optimizers"]):  # else saved before the first update: fresh
+                optim = optimizer_state_by_name(self.model, self.optimizers, state["optimizers"])
+                set_optimizer_state_dict(self.model, self.optimizers, optim, options=whole)
+        self.load_state_dict(state)
+
+    def shards(self) -> dict[str, Any]:
+        """Model and optimizer state keyed by parameter name, as torch.distributed.checkpoint saves it.
+        torch gives an optimizer that has not stepped yet a state by stepping it with zero gradients at
+        lr 0; that step is not counted, so the first real update is still step 1 (Adam's bias correction
+        counts steps) and a run saved before its first update resumes exactly."""
+        unstarted = [opt for opt in self.optimizers if not opt.state]
+        model, optim = get_state_dict(self.model, self.optimizers)
+        for opt in unstarted:
+            for param_state in opt.state.values():
+                if "step" in param_state:
+                    param_state["step"].zero_()
+        return {"model": model, "optim": optim}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """All of trainer.pt but the optimizers (load_last loads those with the weights)."""
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.best_val, self.losses = state["step"], state["best_val_loss"], state["losses"]
         self.batch_gen.set_state(state["batch_rng"])
@@ -245,7 +315,20 @@ class Trainer:
 
     def save_last(self) -> None:
         state = self.state_dict()  # on every rank: it gathers
-        if self.me.is_main:
+        if self.sharded:  # each rank writes its shards; all stop together if any write fails
+            shards = self.shards()
+            agree(
+                self.me,
+                lambda: save_sharded_checkpoint(
+                    self.run_dir.last,
+                    shards,
+                    self.cfg,
+                    self.checkpoint_info(),
+                    files=[self.tokenizer_file],
+                    trainer_state=state,
+                ),
+            )
+        elif self.me.is_main:
             save_checkpoint(
                 self.run_dir.last,
                 self.model,
@@ -254,6 +337,7 @@ class Trainer:
                 files=[self.tokenizer_file],
                 trainer_state=state,
             )
+        if self.me.is_main:
             keep_history(self.run_dir.last, self.step, self.tc.keep_last)
         self.saved_step = self.step
 
@@ -291,8 +375,9 @@ class Trainer:
         for i, (x, y) in enumerate(batches):
             # DDP averages gradients across processes once, after the last micro-batch.
             no_sync = self.ddp.no_sync() if self.ddp is not None and i < len(batches) - 1 else contextlib.nullcontext()
+            # FSDP reduce-scatters after every micro-batch instead, so no process holds a whole gradient.
             with no_sync:
-                with autocast(self.device, self.tc.dtype):
+                with precision(self.device, self.tc):
                     _, loss = self.forward(x, y)
                 self.scaler.scale(loss / len(batches)).backward()
             loss_sum += loss.detach()
@@ -304,6 +389,7 @@ class Trainer:
         if self.tc.grad_clip > 0:
             for opt in self.optimizers:
                 self.scaler.unscale_(opt)  # clip the true gradients, not the scaled ones
+            # sharded: the norm of the whole gradient, summed over the shards (DTensor does that)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tc.grad_clip)
         for opt in self.optimizers:
             self.scaler.step(opt)  # skipped when fp16 gradients overflowed
@@ -323,7 +409,7 @@ class Trainer:
         step = self.step + 1
         if self.tc.nonfinite_loss == "skip":
             if self.me.is_main:
-                tqdm.write(f"warning: the loss is {value} at step {step}; skipped that update (--nonfinite_loss skip)")
+                tqdm.write(f"warning: the loss is {value} at step {step}; skipped that update (--nonfinite-loss skip)")
                 self.metrics.write("skipped", step, reason="non-finite loss")
             return False
         last_good = (
@@ -333,7 +419,7 @@ class Trainer:
         )
         raise GptlabError(
             f"the loss became {value} at step {step}; training stopped before applying it and {last_good}; "
-            "lower --learning_rate (or raise --warmup_iters), or pass --nonfinite_loss skip to skip such steps"
+            "lower --learning-rate (or raise --warmup-iters), or pass --nonfinite-loss skip to skip such steps"
         )
 
     def stop_signal(self, stop: StopSignals) -> int | None:
@@ -351,35 +437,41 @@ class Trainer:
         improved = self.losses["val"] < self.best_val
         self.best_val = min(self.best_val, self.losses["val"])
         self.save_last()
+        if improved:
+            self.save_best()
         if self.after_eval is not None:
             self.stop_early = bool(self.after_eval(self.step, dict(self.losses)))
+        sample = self.sample_text() if self.tc.sample_tokens and (self.sharded or self.me.is_main) else None
         if not self.me.is_main:
             return
         self.metrics.write("eval", self.step, train_loss=self.losses["train"], val_loss=self.losses["val"])
-        if improved:
-            save_checkpoint(
-                self.run_dir.best, self.model, self.cfg, self.checkpoint_info(), files=[self.tokenizer_file]
-            )
         plot_loss(self.run_dir.path)
-        if self.tc.sample_tokens:
-            self.write_sample()
+        if sample is not None:
+            with self.run_dir.samples.open("a") as f:
+                f.write(f"--- step {self.step}, val loss {self.losses['val']:.4f}\n{sample}\n\n")
         tqdm.write(
             f"step {self.step:>6}: train loss {self.losses['train']:.4f}, val loss {self.losses['val']:.4f}"
             + (" (best)" if improved else "")
         )
 
-    def write_sample(self) -> None:
-        """Text from the model so far, appended to samples.txt; the same seed each time, so
-        successive samples differ only because the model did."""
+    def save_best(self) -> None:
+        """best/: one consolidated model.safetensors, however the model is spread over the processes."""
+        model = gathered_model(self.model, self.me) if self.sharded else self.model  # collective when sharded
+        if self.me.is_main:
+            save_checkpoint(self.run_dir.best, model, self.cfg, self.checkpoint_info(), files=[self.tokenizer_file])
+
+    def sample_text(self) -> str:
+        """Text from the model so far, for samples.txt; the same seed each time, so successive samples
+        differ only because the model did. A sharded model's forward passes are collective, so then
+        every rank generates (the same text, from the same seed)."""
         tokenizer = load_tokenizer(self.data.meta["tokenizer"]["kind"], self.data.dir)
         gen = torch.Generator(self.device).manual_seed(self.tc.seed)
-        with autocast(self.device, self.tc.dtype):
+        with precision(self.device, self.tc):
             ids = generate(
                 self.model, [tokenizer.eot_id], self.tc.sample_tokens, temperature=0.8, top_k=200, generator=gen
             )[0]
         self.model.train()  # generate() switched it to eval mode
-        with self.run_dir.samples.open("a") as f:
-            f.write(f"--- step {self.step}, val loss {self.losses['val']:.4f}\n{tokenizer.decode(ids)}\n\n")
+        return tokenizer.decode(ids)
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -410,7 +502,8 @@ class Trainer:
                 self.evaluate()
             log_time, log_step = time.perf_counter(), self.step
             stop.install()
-            while self.step < tc.max_iters and not self.stop_early:
+            end = tc.stop_at or tc.max_iters  # stop_at ends this call early; the schedule still spans max_iters
+            while self.step < end and not self.stop_early:
                 loss, lr = self.train_step()
                 bar.update(1)
                 if self.step % tc.log_interval == 0 or self.step == tc.max_iters:
@@ -442,27 +535,37 @@ class Trainer:
                 if signum and self.step < tc.max_iters and not self.stop_early:
                     if self.saved_step != self.step:
                         self.save_last()
-                    raise TrainingInterrupted(
+                    interrupted = TrainingInterrupted(
                         f"stopped by {signal.Signals(signum).name} after step {self.step}: saved {self.run_dir.last}; "
                         f"continue with `gptlab train --resume {self.run_dir.path}`",
                         signum,
                     )
+                    interrupted.silent = not me.is_main  # every rank stops; rank 0 says so
+                    raise interrupted
+            if self.step < tc.max_iters and self.saved_step != self.step:  # stopped at stop_at: resumable from here
+                self.save_last()
         finally:
             stop.restore()
             bar.close()
             if self.metrics is not None:
                 self.metrics.close()
         seconds = time.perf_counter() - start
+        ran = self.step - start_step
         if me.is_main:
-            ended = (
-                f"stopped early at step {self.step} of {tc.max_iters}" if self.stop_early else f"{tc.max_iters} steps"
-            )
-            tqdm.write(
-                f"done: {ended} in {seconds:.1f}s, best val loss {self.best_val:.4f}; checkpoints in "
-                f"{self.run_dir.path}"
-            )
+            steps = f"{ran} steps" + (f" (steps {start_step + 1}-{self.step})" if start_step else "")
+            if self.step < tc.max_iters:
+                why = "as its after_eval asked" if self.stop_early else "as asked (--stop-at)"
+                tqdm.write(
+                    f"stopped at step {self.step} of {tc.max_iters} {why}: {steps} in {seconds:.1f}s; "
+                    f"saved {self.run_dir.last}; continue with `gptlab train --resume {self.run_dir.path}`"
+                )
+            else:
+                tqdm.write(
+                    f"done: {steps} in {seconds:.1f}s, best val loss {self.best_val:.4f}; checkpoints in "
+                    f"{self.run_dir.path}"
+                )
         return TrainResult(
-            self.run_dir.path, self.step, self.best_val, self.losses["val"], self.losses["train"], seconds
+            self.run_dir.path, self.step, self.best_val, self.losses["val"], self.losses["train"], seconds, ran
         )
 
 
@@ -480,21 +583,30 @@ def train(
     init_from: a checkpoint (or run directory) whose weights and architecture the run starts from
     (fine-tuning); cfg.model.dropout still applies, the optimizer starts fresh at step 0.
     after_eval: see AfterEval.
+    Under torchrun every process checks everything and builds its model before rank 0 creates the
+    run directory: a refusal anywhere stops all of them with one line and leaves nothing behind.
     """
-    data = TokenData(data_dir)
-    start = None
-    if init_from is not None:
-        start = load_checkpoint(init_from)
-        check_same_tokens(data, start.info, start.dir, text=False)
-        cfg.model = dataclasses.replace(start.config.model, dropout=cfg.model.dropout)
-    cfg.model.vocab_size = data.vocab_size
-    cfg.validate()
-    data.check_fits(cfg.model.block_size, cfg.train.batch_size)
-    me, device = init_distributed(cfg.train.device)
+    me, device = init_distributed(cfg.train.device, cfg.train.parallel)
     try:
-        setup_device(device, cfg.train.tf32)
-        check_memory(cfg, device)
+
+        def check() -> tuple[TokenData, Any]:
+            data = TokenData(data_dir)
+            start = None
+            if init_from is not None:
+                start = load_checkpoint(init_from)
+                check_same_tokens(data, start.info, start.dir, text=False)
+                cfg.model = dataclasses.replace(start.config.model, dropout=cfg.model.dropout)
+            cfg.model.vocab_size = data.vocab_size
+            cfg.validate()
+            data.check_fits(cfg.model.block_size, cfg.train.batch_size)
+            check_layout(cfg.train, me, device)
+            setup_device(device, cfg.train.tf32, cfg.train.threads)
+            check_memory(cfg, device, me.world_size)
+            return data, start
+
+        data, start = agree(me, check)
         run_dir = Path(out_dir)
+        trainer = agree(me, lambda: Trainer(cfg, data, run_dir, me, device))
 
         def make_run_dir() -> None:
             record = {
@@ -505,9 +617,10 @@ def train(
             prepare_run_dir(run_dir, overwrite, record)
 
         on_main(me, make_run_dir)
-        trainer = Trainer(cfg, data, run_dir, me, device)
         if start is not None:
-            trainer.model.load_state_dict(start.model.state_dict())
+            set_model_state_dict(
+                trainer.model, start.model.state_dict(), options=StateDictOptions(full_state_dict=True)
+            )
         return trainer.run(progress, after_eval)
     finally:
         shutdown_distributed()
@@ -522,6 +635,8 @@ def resume(
 ) -> TrainResult:
     """Continue a run from its last/ checkpoint: weights, optimizer, scaler, step, sampler position
     and RNG states all come back, so (on CPU) the losses are the ones an uninterrupted run logs.
+    A sharded last/ (--parallel fsdp) resumes on any number of processes, and a one-file last/ resumes
+    sharded (--parallel fsdp under torchrun).
 
     overrides: train settings to change (e.g. a larger max_iters); the model cannot change.
     data_dir: where the data is now, if it moved (it must hold the same text and tokenizer).
@@ -534,9 +649,9 @@ def resume(
             f"{run_dir} has no resumable checkpoint ({ckpt_dir / TRAINER_STATE} is missing): "
             "it stopped before its first checkpoint; start it again with --overwrite"
         )
-    verify_directory(ckpt_dir)
     info = read_info(ckpt_dir)
-    cfg = RunConfig.from_dict(info["run"])
+    cfg = RunConfig.from_dict(info["run"], source=str(ckpt_dir / CONFIG))
+    cfg.train.stop_at = 0  # a stop belongs to the call that asked for it: a resume runs on unless given its own
     types = field_types()
     for key, value in (overrides or {}).items():
         if types.get(key, ("train",))[0] != "train":
@@ -544,19 +659,30 @@ def resume(
                 f"--{key} changes the model, which a resumed run cannot; start a new run with --init-from {ckpt_dir}"
             )
         set_field(cfg, key, value)
-    cfg.validate()
     if data_dir is None:
         data_dir = record["data_dir"]
-    data = TokenData(data_dir)
-    check_same_tokens(data, info, ckpt_dir, text=True)
-    state = load_trainer_state(ckpt_dir)
-    if state["step"] >= cfg.train.max_iters:
-        raise GptlabError(
-            f"{run_dir} already finished its {cfg.train.max_iters} steps; to train on, resume with a larger --max_iters"
-        )
-    me, device = init_distributed(cfg.train.device)
+    me, device = init_distributed(cfg.train.device, cfg.train.parallel)
     try:
-        setup_device(device, cfg.train.tf32)
+
+        def check() -> tuple[TokenData, dict[str, Any]]:
+            verify_directory(ckpt_dir)
+            cfg.validate()
+            data = TokenData(data_dir)
+            check_same_tokens(data, info, ckpt_dir, text=True)
+            state = load_trainer_state(ckpt_dir)
+            if state["step"] >= cfg.train.max_iters:
+                raise GptlabError(
+                    f"{run_dir} already finished its {cfg.train.max_iters} steps; to train on, resume with a larger "
+                    "--max-iters"
+                )
+            if 0 < cfg.train.stop_at <= state["step"]:
+                raise GptlabError(f"{run_dir} is already at step {state['step']}; give a --stop-at after it, or none")
+            check_layout(cfg.train, me, device)
+            setup_device(device, cfg.train.tf32, cfg.train.threads)
+            return data, state
+
+        data, state = agree(me, check)
+        trainer = agree(me, lambda: Trainer(cfg, data, run_dir, me, device))
 
         def rewind_run_dir() -> None:
             truncate_metrics(run_dir, state["step"])
@@ -564,10 +690,8 @@ def resume(
                 run.config, json.dumps({**record, "run": cfg.to_dict(), "data_dir": str(data_dir)}, indent=2) + "\n"
             )
 
+        agree(me, lambda: trainer.load_last(ckpt_dir, info["run"]["train"]["optimizer"]))
         on_main(me, rewind_run_dir)
-        trainer = Trainer(cfg, data, run_dir, me, device)
-        trainer.model.load_state_dict(load_checkpoint(ckpt_dir).model.state_dict())
-        trainer.load_state_dict(state)
         return trainer.run(progress, after_eval)
     finally:
         shutdown_distributed()
