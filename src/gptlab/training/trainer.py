@@ -22,6 +22,7 @@ import os
 import signal
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,11 @@ from gptlab.training.optim import build_optimizers, set_lr
 from gptlab.training.schedule import lr_at
 
 CPU = torch.device("cpu")
+
+# Called after every evaluation with (step, {"train": loss, "val": loss}); returning True ends training
+# there, resumable like a --stop-at (a sweep's pruner uses it). Under torchrun every process calls it
+# with the same losses, and it must answer the same on each.
+AfterEval = Callable[[int, dict[str, float]], bool]
 
 
 @dataclass
@@ -230,6 +236,8 @@ class Trainer:
         self.flops_per_token = flops_per_token(cfg.model)
         self.peak_flops = peak_flops(device, tc.peak_flops)
         self.metrics: MetricsLog | None = None  # opened by run(), on rank 0
+        self.after_eval: AfterEval | None = None
+        self.stop_early = False  # after_eval asked to end training
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -431,6 +439,8 @@ class Trainer:
         self.save_last()
         if improved:
             self.save_best()
+        if self.after_eval is not None:
+            self.stop_early = bool(self.after_eval(self.step, dict(self.losses)))
         sample = self.sample_text() if self.tc.sample_tokens and (self.sharded or self.me.is_main) else None
         if not self.me.is_main:
             return
@@ -465,8 +475,9 @@ class Trainer:
 
     # -- the loop --------------------------------------------------------------------------------
 
-    def run(self, progress: bool | None = None) -> TrainResult:
+    def run(self, progress: bool | None = None, after_eval: AfterEval | None = None) -> TrainResult:
         tc, me = self.tc, self.me
+        self.after_eval = after_eval
         start_step = self.step
         if me.is_main:
             self.metrics = MetricsLog(self.run_dir.path, tc.tensorboard, start_step)
@@ -492,7 +503,7 @@ class Trainer:
             log_time, log_step = time.perf_counter(), self.step
             stop.install()
             end = tc.stop_at or tc.max_iters  # stop_at ends this call early; the schedule still spans max_iters
-            while self.step < end:
+            while self.step < end and not self.stop_early:
                 loss, lr = self.train_step()
                 bar.update(1)
                 if self.step % tc.log_interval == 0 or self.step == tc.max_iters:
@@ -521,7 +532,7 @@ class Trainer:
                     self.save_last()
                     log_time, log_step = time.perf_counter(), self.step  # nor is saving
                 signum = self.stop_signal(stop)
-                if signum and self.step < tc.max_iters:
+                if signum and self.step < tc.max_iters and not self.stop_early:
                     if self.saved_step != self.step:
                         self.save_last()
                     interrupted = TrainingInterrupted(
@@ -543,8 +554,9 @@ class Trainer:
         if me.is_main:
             steps = f"{ran} steps" + (f" (steps {start_step + 1}-{self.step})" if start_step else "")
             if self.step < tc.max_iters:
+                why = "as its after_eval asked" if self.stop_early else "as asked (--stop-at)"
                 tqdm.write(
-                    f"stopped at step {self.step} of {tc.max_iters} as asked (--stop-at): {steps} in {seconds:.1f}s; "
+                    f"stopped at step {self.step} of {tc.max_iters} {why}: {steps} in {seconds:.1f}s; "
                     f"saved {self.run_dir.last}; continue with `gptlab train --resume {self.run_dir.path}`"
                 )
             else:
@@ -564,11 +576,13 @@ def train(
     overwrite: bool = False,
     progress: bool | None = None,
     init_from: Path | None = None,
+    after_eval: AfterEval | None = None,
 ) -> TrainResult:
     """Train a new run on a prepared data directory; `progress=None` shows the bar only on a terminal.
 
     init_from: a checkpoint (or run directory) whose weights and architecture the run starts from
     (fine-tuning); cfg.model.dropout still applies, the optimizer starts fresh at step 0.
+    after_eval: see AfterEval.
     Under torchrun every process checks everything and builds its model before rank 0 creates the
     run directory: a refusal anywhere stops all of them with one line and leaves nothing behind.
     """
@@ -607,13 +621,17 @@ def train(
             set_model_state_dict(
                 trainer.model, start.model.state_dict(), options=StateDictOptions(full_state_dict=True)
             )
-        return trainer.run(progress)
+        return trainer.run(progress, after_eval)
     finally:
         shutdown_distributed()
 
 
 def resume(
-    run_dir: Path, overrides: dict[str, Any] | None = None, data_dir: Path | None = None, progress: bool | None = None
+    run_dir: Path,
+    overrides: dict[str, Any] | None = None,
+    data_dir: Path | None = None,
+    progress: bool | None = None,
+    after_eval: AfterEval | None = None,
 ) -> TrainResult:
     """Continue a run from its last/ checkpoint: weights, optimizer, scaler, step, sampler position
     and RNG states all come back, so (on CPU) the losses are the ones an uninterrupted run logs.
@@ -674,6 +692,6 @@ def resume(
 
         agree(me, lambda: trainer.load_last(ckpt_dir, info["run"]["train"]["optimizer"]))
         on_main(me, rewind_run_dir)
-        return trainer.run(progress)
+        return trainer.run(progress, after_eval)
     finally:
         shutdown_distributed()
