@@ -17,6 +17,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -25,7 +27,6 @@ import torch
 
 openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
-httpx = pytest.importorskip("httpx2")  # what this openai client uses underneath
 
 from conftest import small_corpus  # noqa: E402
 
@@ -80,6 +81,17 @@ def running(app):
         thread.join(TIMEOUT)
         sock.close()
         assert not thread.is_alive(), "uvicorn did not stop"
+
+
+def raw(url: str, body: bytes | dict | None = None) -> tuple[int, str, dict]:
+    """(status, body text, headers) of a plain GET, or a POST of body (bytes as they are, a dict as JSON)."""
+    data = json.dumps(body).encode() if isinstance(body, dict) else body
+    request = urllib.request.Request(url, data=data, headers={"content-type": "application/json"} if data else {})
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT) as r:
+            return r.status, r.read().decode(), dict(r.headers)
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(), dict(e.headers)
 
 
 def client(url: str, api_key: str = "unused") -> openai.OpenAI:
@@ -275,11 +287,11 @@ def test_bad_requests_get_openai_errors_and_the_server_goes_on(served, fields, s
 
 def test_invalid_json_and_unknown_routes(served):
     api, url, _ = served
-    r = httpx.post(url + "/v1/completions", content=b'{"prompt": ', headers={"content-type": "application/json"})
-    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
-    r = httpx.post(url + "/v1/engines/chat/completions", json={"prompt": "x"})
-    assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
-    assert httpx.get(url + "/health").json()["status"] == "ok"
+    status, body, _ = raw(url + "/v1/completions", b'{"prompt": ')
+    assert status == 400 and "not valid JSON" in json.loads(body)["error"]["message"]
+    status, body, _ = raw(url + "/v1/engines/chat/completions", {"prompt": "x"})
+    assert status == 404 and json.loads(body)["error"]["type"] == "not_found_error"
+    assert json.loads(raw(url + "/health")[1])["status"] == "ok"
 
 
 def test_body_size_and_api_key(chat_run):
@@ -290,10 +302,10 @@ def test_body_size_and_api_key(chat_run):
         assert status == 413 and "2,000 bytes" in error["message"]
         with pytest.raises(openai.AuthenticationError, match="incorrect API key"):
             client(url, "wrong").completions.create(**ask)
-        r = httpx.post(url + "/v1/completions", json=ask)
-        assert r.status_code == 401 and r.json()["error"]["code"] == "missing_api_key"
+        status, body, _ = raw(url + "/v1/completions", ask)
+        assert status == 401 and json.loads(body)["error"]["code"] == "missing_api_key"
         assert client(url, "s3cret").completions.create(**ask).choices[0].finish_reason
-        assert httpx.get(url + "/health").status_code == 200  # health needs no key
+        assert raw(url + "/health")[0] == 200  # health needs no key
 
 
 @contextmanager
@@ -381,7 +393,7 @@ def test_a_client_that_disconnects_frees_its_row_within_a_step(chat_run, stream)
         while engine.stats()["running"] and time.monotonic() < deadline:
             time.sleep(0.005)
         assert engine.stats()["running"] == 0 and engine.steps - closed_at <= 2
-        assert httpx.get(url + "/health").json()["running"] == 0
+        assert json.loads(raw(url + "/health")[1])["running"] == 0
     del model.forward
 
 
@@ -397,7 +409,7 @@ def test_serve_prints_its_url_and_stops_cleanly_on_sigterm_or_ctrl_c(chat_run, s
         line = proc.stdout.readline()
         assert line.startswith("gptlab: serving 'chat' at http://127.0.0.1:"), line + proc.stderr.read()
         url = line.split(" at ")[1].split("/v1")[0]
-        assert httpx.get(url + "/health", timeout=TIMEOUT).json()["model"] == "chat"
+        assert json.loads(raw(url + "/health")[1])["model"] == "chat"
         proc.send_signal(stop)
         assert proc.wait(TIMEOUT) == 0
         assert "server stopped" in proc.stdout.read()
@@ -428,9 +440,9 @@ def test_serve_refuses_bad_limits_and_a_taken_port_in_one_line(chat_run, capsys)
 def test_sse_lines_are_openai_shaped(served):
     _, url, _ = served
     body = {"model": "chat", "prompt": "the king", "max_tokens": 3, "temperature": 0, "stream": True}
-    with httpx.stream("POST", url + "/v1/completions", json=body, timeout=TIMEOUT) as r:
-        assert r.headers["content-type"].startswith("text/event-stream")
-        events = [line for line in r.iter_lines() if line]
+    status, text, headers = raw(url + "/v1/completions", body)
+    assert status == 200 and headers["content-type"].startswith("text/event-stream")
+    events = [line for line in text.split("\n") if line]
     assert all(e.startswith("data: ") for e in events) and events[-1] == "data: [DONE]"
     first = json.loads(events[0][6:])
     assert first["object"] == "text_completion" and first["id"].startswith("cmpl-") and not math.isnan(first["created"])
