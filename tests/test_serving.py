@@ -429,6 +429,8 @@ def test_serve_without_fastapi_says_how_to_install(chat_run, monkeypatch, capsys
 def test_serve_refuses_bad_limits_and_a_taken_port_in_one_line(chat_run, capsys):
     assert main(["serve", str(chat_run), "--max-batch", "0", "--port", "0"]) == 2
     assert capsys.readouterr().err.strip().startswith("gptlab serve: error: max batch must be >= 1")
+    assert main(["serve", str(chat_run), "--port", "70000"]) == 2
+    assert capsys.readouterr().err.strip().endswith("--port must be 0 to 65535 (0: a free port), got 70000")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

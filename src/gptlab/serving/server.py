@@ -18,6 +18,8 @@ GRACE = 5  # seconds uvicorn gives open responses at shutdown
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
+    if not 0 <= port <= 65535:  # getaddrinfo would wrap 70000 round to 4464
+        raise GptlabError(f"--port must be 0 to 65535 (0: a free port), got {port}")
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
         sock = socket.socket(family, kind, proto)
