@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from gptlab.config import ModelConfig
-from gptlab.models import GPT, KVCache
+from gptlab.models import GPT
 
 
 def make(cfg: ModelConfig, seed: int = 0) -> GPT:
@@ -60,7 +60,7 @@ def test_kv_cache_gives_the_same_logits_as_recomputation(tiny_config, attention)
     model = make(cfg)
     idx = torch.randint(0, cfg.vocab_size, (2, 16))
     full, _ = model(idx)
-    cache = KVCache(cfg, 2, cfg.block_size, "cpu", torch.float32)
+    cache = model.new_cache(2, cfg.block_size)
     pieces = [model(idx[:, :5], cache=cache)[0]]  # prefill 5, then a chunk of 3, then one at a time
     pieces.append(model(idx[:, 5:8], cache=cache)[0])
     for t in range(8, 16):

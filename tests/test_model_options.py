@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from gptlab.config import ModelConfig, build_config
 from gptlab.errors import GptlabError
-from gptlab.models import GPT, Bigram, KVCache, build_model
+from gptlab.models import GPT, Bigram, build_model
 from gptlab.models.gpt import apply_rope, rope_tables
 
 BASE = ModelConfig(vocab_size=50, block_size=16, n_layer=2, n_head=4, n_embd=32)
@@ -56,11 +56,49 @@ def test_kv_cache_matches_recomputation(variant, attention):
     model = randomize(make(**options))
     idx = torch.randint(0, BASE.vocab_size, (2, 16))
     full, _ = model(idx)
-    cache = KVCache(model.config, 2, BASE.block_size, "cpu", torch.float32)
+    cache = model.new_cache(2, BASE.block_size)
     assert cache.k.shape[2] == model.config.kv_heads  # GQA caches only the shared key/value heads
     pieces = [model(idx[:, :5], cache=cache)[0], model(idx[:, 5:8], cache=cache)[0]]
     pieces += [model(idx[:, t : t + 1], cache=cache)[0] for t in range(8, 16)]
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "manual"])
+@pytest.mark.parametrize("variant", ["learned", *ATTENTION_VARIANTS])
+def test_batched_rows_of_different_lengths_give_each_row_its_own_logits(variant, attention):
+    """The server's batch: rows prefilled alone at different lengths, then stepped together; a row moved."""
+    model = randomize(make(**ATTENTION_VARIANTS.get(variant, {}), attention=attention))
+    texts = [torch.randint(0, BASE.vocab_size, (1, 16)) for _ in range(3)]
+    alone = [model(t)[0] for t in texts]  # each row recomputed by itself, no cache
+    cache = model.new_cache(4, BASE.block_size)
+    lengths = [3, 7, 11]
+    got = [[model(t[:, :n], cache=cache.rows(i, i + 1))[0]] for i, (t, n) in enumerate(zip(texts, lengths))]
+    for _ in range(2):  # one new token per row, rows at different positions
+        out = model(torch.cat([t[:, n : n + 1] for t, n in zip(texts, lengths)]), cache=cache.rows(0, 3))[0]
+        for i in range(3):
+            got[i].append(out[i : i + 1])
+        lengths = [n + 1 for n in lengths]
+    out = model(torch.cat([t[:, n : n + 2] for t, n in zip(texts, lengths)]), cache=cache.rows(0, 3))[0]
+    for i in range(3):  # two new tokens per row at once
+        got[i].append(out[i : i + 1])
+    lengths = [n + 2 for n in lengths]
+    assert cache.lengths.tolist() == [*lengths, 0]
+    cache.move_row(2, 0)  # row 0 leaves; row 2 takes its place, rows 0..1 step on
+    order = [2, 1]
+    out = model(torch.cat([texts[i][:, lengths[i] : lengths[i] + 1] for i in order]), cache=cache.rows(0, 2))[0]
+    for row, i in enumerate(order):
+        got[i].append(out[row : row + 1])
+    for i in range(3):
+        n = sum(piece.size(1) for piece in got[i])
+        torch.testing.assert_close(torch.cat(got[i], dim=1), alone[i][:, :n], atol=1e-5, rtol=1e-5)
+
+
+def test_last_only_gives_the_last_positions_logits():
+    model = randomize(make(positions="rope"))
+    idx = torch.randint(0, BASE.vocab_size, (2, 9))
+    torch.testing.assert_close(model(idx, last_only=True)[0], model(idx)[0][:, -1:])
+    bigram = make(arch="bigram")
+    torch.testing.assert_close(bigram(idx, last_only=True)[0], bigram(idx)[0][:, -1:])
 
 
 def test_default_options_keep_gpt2_names():
@@ -212,7 +250,7 @@ def test_bigram_is_a_table_of_next_token_logits():
     logits, loss = model(idx, idx)
     torch.testing.assert_close(logits, model.next_token_logits.weight[idx])
     assert abs(loss.item() - math.log(BASE.vocab_size)) < 0.05  # near-uniform at init
-    cache = KVCache(model.config, 2, 40, "cpu", torch.float32)
+    cache = model.new_cache(2, 40)
     assert cache.k.numel() == 0  # nothing to cache, only positions to count
     torch.testing.assert_close(
         torch.cat([model(idx[:, :30], cache=cache)[0], model(idx[:, 30:], cache=cache)[0]], 1), logits

@@ -12,11 +12,13 @@ gptlab inspect RUN_OR_CHECKPOINT --out DIR [--prompt TEXT] [--compare RUN ...]  
 gptlab report RUN                                 one Markdown page about a run
 gptlab import-gpt2 HF_DIR --out CHECKPOINT     Hugging Face GPT-2 directory -> gptlab checkpoint
 gptlab export-hf RUN_OR_CHECKPOINT OUT_DIR     gptlab checkpoint -> Hugging Face directory
+gptlab serve RUN_OR_CHECKPOINT [--host H] [--port N] [--api-key KEY]   OpenAI-compatible HTTP API
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -512,6 +514,33 @@ def cmd_export_hf(args) -> None:
     print(f"wrote {out}: load it with transformers' AutoModelForCausalLM.from_pretrained({str(out)!r})")
 
 
+def add_serve(sub) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve a model over an OpenAI-compatible HTTP API",
+        description="Serve a model over HTTP with OpenAI's routes (/v1/completions, /v1/chat/completions, "
+        "/v1/models, /health); concurrent requests are decoded together. docs/serving.md describes the API.",
+    )
+    p.add_argument("checkpoint", type=Path, help="run directory (uses its best checkpoint) or checkpoint directory")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("GPTLAB_API_KEY"),
+        help="require 'Authorization: Bearer KEY' on /v1 (default: $GPTLAB_API_KEY, else none)",
+    )
+    p.add_argument("--max-batch", type=int, default=16, help="sequences decoded together (default 16)")
+    p.add_argument("--max-queue", type=int, default=64, help="sequences that may wait beyond those; more get 429")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args) -> None:
+    from gptlab.serving import serve
+
+    serve(args.checkpoint, args.host, args.port, args.api_key, args.max_batch, args.max_queue, args.device)
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="gptlab", description="Build, train, inspect and use GPT-style language models from scratch.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
@@ -527,6 +556,7 @@ def build_parser() -> Parser:
     add_report(sub)
     add_import_gpt2(sub)
     add_export_hf(sub)
+    add_serve(sub)
     return parser
 
 

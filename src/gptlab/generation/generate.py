@@ -16,7 +16,7 @@ import torch
 
 from gptlab.errors import GptlabError
 from gptlab.generation.sampling import SamplingSettings, sample_next
-from gptlab.models import GPT, KVCache
+from gptlab.models import GPT
 from gptlab.tokenizers import Tokenizer
 
 
@@ -64,7 +64,7 @@ def generate_tokens(
     if settings.repetition_penalty != 1.0:
         seen = torch.zeros((num_samples, model.config.vocab_size), dtype=torch.bool, device=param.device)
         seen[:, tokens[0, :n]] = True
-    cache = KVCache(model.config, num_samples, block, param.device, param.dtype) if use_cache else None
+    cache = model.new_cache(num_samples, block) if use_cache else None
     start = max(0, n - block)  # first token inside the model's window
     for _ in range(settings.max_new_tokens):
         if cache is None:
@@ -73,7 +73,7 @@ def generate_tokens(
         else:
             if n - start > block:  # the window is full: keep its newest half and re-encode it
                 start = n - max(1, block // 2)
-                cache.length = 0
+                cache.reset()
             logits, _ = model(tokens[:, start + cache.length : n], cache=cache)
         nxt = sample_next(logits[:, -1, :], settings, generator, seen)
         tokens[:, n] = nxt[:, 0]

@@ -26,13 +26,22 @@ class Bigram(nn.Module):
     def num_params(self, non_embedding: bool = True) -> int:
         return self.next_token_logits.weight.numel()  # the table is the whole model
 
+    def new_cache(self, batch_size: int, max_len: int) -> KVCache:
+        """A cache with no layers: a bigram keeps no keys or values, only the positions are counted."""
+        p = self.next_token_logits.weight
+        return KVCache(0, batch_size, 0, 0, max_len, p.device, p.dtype)
+
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        last_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Same contract as GPT.forward. Any length works: there is no context to run out of.
         A cache only counts positions, so generation's bookkeeping stays the same."""
-        logits = self.next_token_logits(idx)
+        logits = self.next_token_logits(idx[:, -1:] if last_only else idx)
         if cache is not None:
-            cache.length += idx.size(1)
+            cache.advance(idx.size(1))
         loss = None if targets is None else next_token_loss(logits, targets)
         return logits, loss

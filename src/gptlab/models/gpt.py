@@ -10,6 +10,7 @@ untied head. The model knows nothing about files or tokenizers.
 
 from __future__ import annotations
 
+import copy
 import math
 from functools import partial
 
@@ -21,30 +22,87 @@ from gptlab.config import ModelConfig
 
 
 class KVCache:
-    """Keys and values of every layer for the positions seen so far, pre-allocated to `max_len`.
+    """Keys and values of every layer for the positions seen so far, pre-allocated to `max_len` per row.
 
     Generation prefills it with the prompt once, then feeds one new position per step, so each
     step costs attention over the past instead of a full forward pass over the whole text.
     With grouped-query attention it holds only the n_kv_head shared heads (that is the point of GQA).
+    Each row keeps its own length: the server's rows join and leave the batch at different times, so
+    row b's new tokens sit at positions lengths[b], lengths[b] + 1, ... and attend to that row's past only.
+    A model builds the cache that fits it (GPT.new_cache); this class knows nothing about architectures.
     """
 
-    def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, device, dtype):
-        head_dim = cfg.n_embd // cfg.n_head
-        n_layer = cfg.n_layer if cfg.arch == "gpt" else 0  # a bigram model keeps no keys or values
-        shape = (n_layer, batch_size, cfg.kv_heads, max_len, head_dim)
+    def __init__(self, n_layer: int, batch_size: int, n_kv_head: int, head_dim: int, max_len: int, device, dtype):
+        shape = (n_layer, batch_size, n_kv_head, max_len, head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.max_len = max_len
-        self.length = 0  # positions already stored
+        self.device = device
+        self.lengths = torch.zeros(batch_size, dtype=torch.long)  # positions stored per row (host-side bookkeeping)
+        self.mask: torch.Tensor | None = None  # the pass under way: which keys each new query sees (see begin)
+
+    @property
+    def length(self) -> int:
+        """Positions stored, for callers whose rows all advance together."""
+        if self.lengths.numel() and bool((self.lengths != self.lengths[0]).any()):
+            raise ValueError("the cache's rows hold different lengths; read KVCache.lengths")
+        return int(self.lengths[0]) if self.lengths.numel() else 0
+
+    def rows(self, start: int, stop: int) -> KVCache:
+        """A view of rows start..stop-1 sharing this cache's storage: a forward pass on it updates them here."""
+        view = copy.copy(self)
+        view.k, view.v, view.lengths = self.k[:, start:stop], self.v[:, start:stop], self.lengths[start:stop]
+        return view
+
+    def reset(self) -> None:
+        """Forget every row's positions (the storage is reused as it is overwritten)."""
+        self.lengths.zero_()
+
+    def move_row(self, src: int, dst: int) -> None:
+        """Copy row src's positions into row dst (the server keeps its live rows packed at the front)."""
+        n = int(self.lengths[src])
+        self.k[:, dst, :, :n] = self.k[:, src, :, :n]
+        self.v[:, dst, :, :n] = self.v[:, src, :, :n]
+        self.lengths[dst] = n
+
+    def begin(self, T: int) -> torch.Tensor:
+        """Start a forward pass that appends T positions to every row; returns their absolute positions,
+        (T,) when all rows are equally long, else (B, T), and sets `mask` for the attention layers."""
+        shortest, longest = int(self.lengths.min()), int(self.lengths.max())
+        if longest + T > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions; {longest + T} requested")
+        self._new = T
+        if shortest == longest:
+            # None: a plain causal mask when there is no past; a single new query sees everything anyway.
+            self.mask = None if T == 1 or longest == 0 else self._causal(T, longest)
+            self._write = slice(longest, longest + T)
+            self._end = longest + T
+            return torch.arange(longest, longest + T, device=self.device)
+        positions = (self.lengths[:, None] + torch.arange(T)).to(self.device)  # (B, T)
+        self._end = longest + T
+        # query t of row b sees that row's keys 0..lengths[b] + t; what lies beyond a shorter row's end is stale
+        self.mask = torch.arange(self._end, device=self.device) <= positions[:, None, :, None]  # (B, 1, T, S)
+        self._write = (torch.arange(positions.size(0), device=self.device)[:, None], positions)
+        return positions
+
+    def _causal(self, T: int, past: int) -> torch.Tensor:
+        return torch.ones(T, past + T, dtype=torch.bool, device=self.device).tril(diagonal=past)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store this step's k, v (B, H_kv, T, D) for `layer`; return all keys and values so far."""
-        end = self.length + k.size(2)
-        if end > self.max_len:
-            raise ValueError(f"KV cache holds {self.max_len} positions; {end} requested")
-        self.k[layer, :, :, self.length : end] = k
-        self.v[layer, :, :, self.length : end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        """Store this pass's k, v (B, H_kv, T, D) for `layer`; return every row's keys and values so far."""
+        if isinstance(self._write, slice):
+            self.k[layer, :, :, self._write] = k
+            self.v[layer, :, :, self._write] = v
+        else:  # each row at its own positions: (B, T) index pairs pick (B, T, H_kv, D) slots
+            rows, positions = self._write
+            self.k[layer][rows, :, positions] = k.transpose(1, 2)
+            self.v[layer][rows, :, positions] = v.transpose(1, 2)
+        return self.k[layer, :, :, : self._end], self.v[layer, :, :, : self._end]
+
+    def advance(self, T: int) -> None:
+        """The pass is done: every row now holds T more positions."""
+        self.lengths += T
+        self.mask = None
 
 
 def make_norm(cfg: ModelConfig, dim: int) -> nn.Module:
@@ -76,7 +134,7 @@ def manual_attention(
     """softmax(Q K^T / sqrt(d_head) + mask) V, head by head: the textbook form, the reference for SDPA.
 
     q: (B, H, T, D); k, v: (B, H_kv, S, D), each key/value head shared by H / H_kv query heads;
-    mask: (T, S) bool, True where a query may attend.
+    mask: bool, True where a query may attend: (T, S), or (B, 1, T, S) when each row has its own.
     """
     group = q.size(1) // k.size(1)
     heads = []
@@ -84,7 +142,7 @@ def manual_attention(
         kh, vh = k[:, h // group], v[:, h // group]
         scores = q[:, h] @ kh.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, T, S)
         if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
+            scores = scores.masked_fill(~(mask if mask.dim() == 2 else mask[:, 0]), float("-inf"))
         weights = dropout(F.softmax(scores, dim=-1))
         heads.append(weights @ vh)  # (B, T, D)
     return torch.stack(heads, dim=1)
@@ -125,22 +183,21 @@ class CausalSelfAttention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:  # rotated at their absolute positions, so cached keys stay valid
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        past = 0
+        mask = None  # None: plain causal over these T positions (one query alone sees everything)
         if cache is not None:
-            past = cache.length
             k, v = cache.update(layer, k, v)
-        # Query t (at absolute position past + t) sees keys 0..past + t. With no past this is the
-        # usual lower triangle; a single new query sees everything, so it needs no mask at all.
-        mask = None if T == 1 else torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+            mask = cache.mask
         if self.attention == "manual":
+            if mask is None and T > 1:
+                mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
             y = manual_attention(q, k, v, mask, self.attn_dropout)
         else:
             y = F.scaled_dot_product_attention(
                 q,
                 k,
                 v,
-                attn_mask=None if past == 0 else mask,
-                is_causal=past == 0 and T > 1,
+                attn_mask=mask,
+                is_causal=mask is None and T > 1,
                 dropout_p=self.dropout if self.training else 0.0,
                 enable_gqa=self.n_kv_head != self.n_head,
             )
@@ -248,28 +305,49 @@ class GPT(nn.Module):
             n -= self.transformer.wpe.weight.numel()
         return n
 
+    def new_cache(self, batch_size: int, max_len: int) -> KVCache:
+        """An empty KV cache for `batch_size` rows of up to `max_len` positions, on this model's device and dtype."""
+        cfg, p = self.config, self.transformer.wte.weight
+        return KVCache(cfg.n_layer, batch_size, cfg.kv_heads, cfg.n_embd // cfg.n_head, max_len, p.device, p.dtype)
+
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        last_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx (B, T) token ids -> logits (B, T, vocab); with targets also the mean cross-entropy.
 
-        With a cache, idx holds only the new positions; they continue after cache.length.
+        With a cache, idx holds only the new positions; each row continues after its cache.lengths.
+        last_only: logits of the last position only, (B, 1, vocab): all that sampling needs, and the
+        head over a 50k vocabulary is the largest matmul of a prefill.
         """
         B, T = idx.shape
-        start = cache.length if cache is not None else 0
-        if start + T > self.config.block_size:
-            raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
+        if cache is None:
+            if T > self.config.block_size:
+                raise ValueError(f"sequence of {T} tokens exceeds block_size {self.config.block_size}")
+            positions = torch.arange(T, device=idx.device)
+        else:
+            longest = int(cache.lengths.max()) if cache.lengths.numel() else 0
+            if longest + T > self.config.block_size:
+                raise ValueError(f"sequence of {longest + T} tokens exceeds block_size {self.config.block_size}")
+            positions = cache.begin(T)  # (T,), or (B, T) when rows differ in length
         x = self.transformer.wte(idx)
         rope = None
         if self.config.positions == "learned":
-            x = x + self.transformer.wpe(torch.arange(start, start + T, device=idx.device))
+            x = x + self.transformer.wpe(positions)
         else:
-            rope = (self.rope_cos[start : start + T], self.rope_sin[start : start + T])
+            rope = (self.rope_cos[positions], self.rope_sin[positions])
+            if positions.dim() == 2:  # per row: (B, 1, T, D/2) broadcasts over the heads
+                rope = (rope[0].unsqueeze(1), rope[1].unsqueeze(1))
         x = self.transformer.drop(x)
         for layer, block in enumerate(self.transformer.h):
             x = block(x, cache, layer, rope)
         if cache is not None:
-            cache.length += T
+            cache.advance(T)
+        if last_only:
+            x = x[:, -1:]
         logits = self.lm_head(self.transformer.ln_f(x))
         loss = None if targets is None else next_token_loss(logits, targets)
         return logits, loss
