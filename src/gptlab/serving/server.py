@@ -57,6 +57,7 @@ def serve(
     shown = f"[{host}]" if ":" in host else host
     name = app.state.server.name
     print(f"gptlab: serving {name!r} at http://{shown}:{bound_port}/v1 (OpenAI API); Ctrl-C stops", flush=True)
+    print(f"gptlab: the playground is at http://{shown}:{bound_port}/", flush=True)
     if not is_loopback(host) and api_key is None:
         print(
             f"gptlab: warning: {host} is reachable from other machines and no --api-key is set: anyone who can "

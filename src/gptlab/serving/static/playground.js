@@ -12,6 +12,7 @@ const WINDOW = 40; // the heatmap shows the last WINDOW tokens
 
 const state = {
   model: null, // the model id, from /v1/models
+  blockSize: null, // the model's context, in tokens
   prompt: "", // the text the shown continuation follows
   spans: [], // the continuation: [{text, tokens: [{token, p, top: [[token, p], ...]}], branch}]
   pending: [], // tokens whose text has not come yet (the start of a multi-byte character)
@@ -122,8 +123,9 @@ function settings() {
 
 const shown = (text) => text.replace(/ /g, "␣").replace(/\n/g, "↵").replace(/\t/g, "⇥") || "∅";
 const percent = (p) => (p >= 0.995 ? "100%" : p >= 0.1 ? `${(100 * p).toFixed(0)}%` : p >= 0.001 ? `${(100 * p).toFixed(1)}%` : "<0.1%");
-// A token the server could only give as bytes (part of a multi-byte character) cannot be typed as text.
-const typeable = (token) => token !== "" && !token.includes("\ufffd") && !token.startsWith("bytes:");
+// Alternatives that cannot be typed as text: end-of-text, and a partial multi-byte character (U+FFFD).
+const EOT = "<|endoftext|>";
+const typeable = (token) => token !== "" && token !== EOT && !token.includes("\ufffd");
 
 // Colour by probability on a log scale: 0.1% or less is coral, 100% is pale mint (as in the legend).
 const STOPS = [[244, 160, 140], [249, 217, 138], [207, 233, 180], [233, 245, 239]];
@@ -138,9 +140,13 @@ function tokenColour(p) {
 function addChoice(choice) {
   const lp = choice.logprobs || { tokens: [], token_logprobs: [], top_logprobs: [] };
   lp.tokens.forEach((token, i) => {
+    // the server lists the sampled token among the alternatives even when it is not in the top 5
     const top = Object.entries(lp.top_logprobs[i] || {}).map(([t, l]) => [t, Math.exp(l)]);
     top.sort((a, b) => b[1] - a[1]);
-    state.pending.push({ token, p: Math.exp(lp.token_logprobs[i]), top: top.slice(0, ALTERNATIVES) });
+    const p = Math.exp(lp.token_logprobs[i]);
+    const shown = top.slice(0, ALTERNATIVES);
+    if (!shown.some(([t]) => t === token)) shown.push(...top.filter(([t]) => t === token));
+    state.pending.push({ token, p, top: shown });
   });
   if (!choice.text) return; // part of a character: it shows with the token that completes it
   const tokens = state.pending;
@@ -191,7 +197,9 @@ async function generate(base, kept = []) {
   let body;
   try {
     const prompt = base + kept.map((s) => s.text).join("");
-    body = { model: state.model, prompt, ...settings(), stream: true, logprobs: ALTERNATIVES, stream_options: { include_usage: true } };
+    // truncate: a text longer than the model's context is continued from its last block_size tokens
+    const options = { stream: true, logprobs: ALTERNATIVES, stream_options: { include_usage: true }, truncate: true };
+    body = { model: state.model, prompt, ...settings(), ...options };
   } catch (e) {
     return showMessage(e.message);
   }
@@ -208,11 +216,15 @@ async function generate(base, kept = []) {
   let first = null;
   let count = 0;
   let finish = "";
+  let seen = 0; // tokens of the text the model saw (usage.prompt_tokens)
   try {
     const response = await call("/v1/completions", body, controller.signal);
     for await (const chunk of events(response)) {
-      const choice = chunk.choices && chunk.choices[0];
-      if (!choice) continue; // the last chunk: usage only
+      const choice = chunk.choices[0];
+      if (!choice) {
+        seen = chunk.usage.prompt_tokens; // the last chunk: usage only
+        continue;
+      }
       addChoice(choice);
       count += choice.logprobs ? choice.logprobs.tokens.length : 0;
       first = first ?? performance.now();
@@ -228,6 +240,7 @@ async function generate(base, kept = []) {
       setRunning(false);
       const why = { stop: "the model ended the text", length: "max tokens reached", stopped: "stopped by you" }[finish];
       $("stats").textContent += why ? ` · ${why}` : "";
+      if (seen && seen === state.blockSize) $("stats").textContent += ` · the model saw only the last ${seen} tokens of the text (its context)`;
       refreshInspect();
     }
   }
@@ -273,7 +286,9 @@ function showPopover(el) {
     button.type = "button";
     button.className = "alt" + (token === first.token ? " chosen" : "");
     button.disabled = !typeable(token) || Boolean(state.controller);
-    button.title = typeable(token) ? `continue the text with ${JSON.stringify(token)}` : "part of a multi-byte character: it cannot be typed as text";
+    button.title = typeable(token)
+      ? `continue the text with ${JSON.stringify(token)}`
+      : token === EOT ? "the end of the text" : "part of a multi-byte character: it cannot be typed as text";
     button.innerHTML = `<code></code><span class="bar"></span><span class="pct"></span>`;
     button.querySelector("code").textContent = shown(token);
     button.querySelector(".bar").style.width = `${Math.max(2, 100 * p)}%`;
@@ -475,14 +490,19 @@ $("prompt").addEventListener("keydown", (e) => {
   if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) generate($("prompt").value);
 });
 
-// The model's name (requests must give it), and a first sign of whether the server is there.
-call("/v1/models")
-  .then((response) => response.json())
-  .then((models) => {
-    state.model = models.data[0].id;
-    $("model").textContent = state.model;
-  })
-  .catch((e) => {
+// The model's name (requests must give it) and context (max tokens go up to it): a first sign of
+// whether the server is there.
+async function connect() {
+  try {
+    state.model = (await (await call("/v1/models")).json()).data[0].id;
+    const shape = await (await call("/v1/inspect", { model: state.model, prompt: "", window: 1, top: 1 })).json();
+    state.blockSize = shape.block_size;
+  } catch (e) {
     $("model").textContent = "not connected";
-    showMessage(e.message);
-  });
+    return showMessage(e.message);
+  }
+  $("model").textContent = `${state.model} · ${state.blockSize}-token context`;
+  for (const id of ["max_tokens", "max_tokens-range"]) $(id).max = state.blockSize;
+  if (Number($("max_tokens").value) > state.blockSize) $("max_tokens").value = $("max_tokens-range").value = state.blockSize;
+}
+connect();
