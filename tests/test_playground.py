@@ -78,7 +78,7 @@ def test_inspect_sends_the_numbers_gptlab_inspect_draws(client, ckpt):
     T = len(attention.ids)
     cfg = ckpt.config.model
     assert (got["n_layer"], got["n_head"], got["block_size"]) == (cfg.n_layer, cfg.n_head, cfg.block_size)
-    assert (got["context_tokens"], got["start"], got["layer"]) == (T, T - 6, 1)
+    assert (got["context_tokens"], got["start"], got["layer"], got["truncated"]) == (T, T - 6, 1, False)
     assert [t["label"] for t in got["tokens"]] == attention.labels[-6:] == ["s", "p", "e", "a", "k", "s"]
     assert [t["id"] for t in got["tokens"]] == attention.ids[-6:]
     weights = torch.tensor(got["attention"], dtype=torch.float64)
@@ -92,6 +92,10 @@ def test_inspect_sends_the_numbers_gptlab_inspect_draws(client, ckpt):
     whole = post(client, "/v1/inspect", prompt=prompt, window=64).json()
     assert whole["start"] == 0 and whole["tokens"][0]["label"] == "<eot>"
     assert torch.tensor(whole["attention"]).sum(-1).sub(1).abs().max() < 1e-3
+    # a text longer than the context: the model sees its last block_size tokens, and the answer says so
+    long = post(client, "/v1/inspect", prompt="The king " * 20, window=4).json()
+    assert long["truncated"] and long["context_tokens"] == cfg.block_size
+    assert [t["label"] for t in long["tokens"]] == ["i", "n", "g", "␣"]
 
 
 @pytest.mark.parametrize(

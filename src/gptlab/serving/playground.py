@@ -63,6 +63,7 @@ def inspection(lm: inspect.LanguageModel, req: InspectRequest) -> dict:
         "n_head": attention.weights[0].size(0),
         "block_size": lm.model.config.block_size,
         "context_tokens": len(attention.ids),
+        "truncated": len(lm.tokenizer.encode(req.prompt)) + 1 > len(attention.ids),  # the text's start unseen
         "start": start,
         "tokens": [{"id": i, "label": label} for i, label in zip(attention.ids[start:], attention.labels[start:])],
         "layer": layer,

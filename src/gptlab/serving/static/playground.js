@@ -43,10 +43,17 @@ function headers() {
 async function call(path, body, signal) {
   let response;
   try {
-    response = await fetch(path, body === undefined ? { headers: headers() } : { method: "POST", headers: headers(), body: JSON.stringify(body), signal });
+    response = await fetch(
+      path,
+      body === undefined
+        ? { headers: headers() }
+        : { method: "POST", headers: headers(), body: JSON.stringify(body), signal },
+    );
   } catch (e) {
     if (e.name === "AbortError") throw e;
-    throw new Error("Cannot reach the gptlab server: has `gptlab serve` stopped? Start it again, then reload this page.");
+    throw new Error(
+      "Cannot reach the gptlab server: has `gptlab serve` stopped? Start it again, then reload this page.",
+    );
   }
   if (response.ok) return response;
   let detail = `${response.status} ${response.statusText}`;
@@ -122,13 +129,19 @@ function settings() {
 // ---------------------------------------------------------------- the text and its tokens
 
 const shown = (text) => text.replace(/ /g, "␣").replace(/\n/g, "↵").replace(/\t/g, "⇥") || "∅";
-const percent = (p) => (p >= 0.995 ? "100%" : p >= 0.1 ? `${(100 * p).toFixed(0)}%` : p >= 0.001 ? `${(100 * p).toFixed(1)}%` : "<0.1%");
+const percent = (p) =>
+  p >= 0.995 ? "100%" : p >= 0.1 ? `${(100 * p).toFixed(0)}%` : p >= 0.001 ? `${(100 * p).toFixed(1)}%` : "<0.1%";
 // Alternatives that cannot be typed as text: end-of-text, and a partial multi-byte character (U+FFFD).
 const EOT = "<|endoftext|>";
 const typeable = (token) => token !== "" && token !== EOT && !token.includes("\ufffd");
 
 // Colour by probability on a log scale: 0.1% or less is coral, 100% is pale mint (as in the legend).
-const STOPS = [[244, 160, 140], [249, 217, 138], [207, 233, 180], [233, 245, 239]];
+const STOPS = [
+  [244, 160, 140],
+  [249, 217, 138],
+  [207, 233, 180],
+  [233, 245, 239],
+];
 function tokenColour(p) {
   const x = Math.min(1, Math.max(0, 1 + Math.log10(Math.max(p, 1e-9)) / 3)) * (STOPS.length - 1);
   const i = Math.min(STOPS.length - 2, Math.floor(x));
@@ -144,9 +157,9 @@ function addChoice(choice) {
     const top = Object.entries(lp.top_logprobs[i] || {}).map(([t, l]) => [t, Math.exp(l)]);
     top.sort((a, b) => b[1] - a[1]);
     const p = Math.exp(lp.token_logprobs[i]);
-    const shown = top.slice(0, ALTERNATIVES);
-    if (!shown.some(([t]) => t === token)) shown.push(...top.filter(([t]) => t === token));
-    state.pending.push({ token, p, top: shown });
+    const listed = top.slice(0, ALTERNATIVES);
+    if (!listed.some(([t]) => t === token)) listed.push(...top.filter(([t]) => t === token));
+    state.pending.push({ token, p, top: listed });
   });
   if (!choice.text) return; // part of a character: it shows with the token that completes it
   const tokens = state.pending;
@@ -165,12 +178,16 @@ function addSpan(span) {
   $("doc").append(spanElement(span, state.spans.length - 1));
 }
 
+// A span's probability: the product of its tokens' (a character cut into bytes takes several tokens).
+const spanProbability = (span) => span.tokens.reduce((product, t) => product * t.p, 1);
+
 function spanElement(span, index) {
   const el = document.createElement("span");
   el.textContent = span.text;
   el.dataset.index = index;
+  el.dataset.tokens = span.tokens.length;
   if (span.tokens.length) {
-    const p = span.tokens.reduce((product, t) => product * t.p, 1);
+    const p = spanProbability(span);
     el.className = "tok" + (span.text.includes("\n") ? " nl" : "") + (span.branch ? " branch" : "");
     el.tabIndex = 0;
     el.style.background = tokenColour(p);
@@ -188,7 +205,8 @@ function renderDoc() {
   doc.append(prompt, ...state.spans.map(spanElement));
 }
 
-const currentText = () => (state.spans.length || state.controller ? state.prompt + state.spans.map((s) => s.text).join("") : $("prompt").value);
+const currentText = () =>
+  state.spans.length || state.controller ? state.prompt + state.spans.map((s) => s.text).join("") : $("prompt").value;
 
 // ---------------------------------------------------------------- generating
 
@@ -240,7 +258,8 @@ async function generate(base, kept = []) {
       setRunning(false);
       const why = { stop: "the model ended the text", length: "max tokens reached", stopped: "stopped by you" }[finish];
       $("stats").textContent += why ? ` · ${why}` : "";
-      if (seen && seen === state.blockSize) $("stats").textContent += ` · the model saw only the last ${seen} tokens of the text (its context)`;
+      if (seen && seen === state.blockSize)
+        $("stats").textContent += ` · the model saw only the last ${seen} tokens of the text (its context)`;
       refreshInspect();
     }
   }
@@ -261,7 +280,9 @@ function showSpeed(count, started, first) {
   const now = performance.now();
   const rate = count > 1 && now > first ? ((count - 1) * 1000) / (now - first) : 0;
   $("speed").textContent = rate ? `${rate.toFixed(1)} tok/s` : "– tok/s";
-  $("stats").textContent = `${count} tokens · first after ${((first - started) / 1000).toFixed(2)} s` + (rate ? ` · ${rate.toFixed(1)} tokens/s` : "");
+  $("stats").textContent =
+    `${count} tokens · first after ${((first - started) / 1000).toFixed(2)} s` +
+    (rate ? ` · ${rate.toFixed(1)} tokens/s` : "");
 }
 
 // ---------------------------------------------------------------- alternatives and branching
@@ -277,18 +298,27 @@ function showPopover(el) {
   document.querySelectorAll(".tok.active").forEach((t) => t.classList.remove("active"));
   el.classList.add("active");
   pop.replaceChildren();
-  pop.insertAdjacentHTML("beforeend", `<div class="pop-head"><code></code><b></b></div><div class="pop-sub"></div><ol class="alts"></ol>`);
+  pop.insertAdjacentHTML(
+    "beforeend",
+    `<div class="pop-head"><code></code><b></b></div><div class="pop-sub"></div><ol class="alts"></ol>`,
+  );
   pop.querySelector("code").textContent = shown(span.text);
-  pop.querySelector("b").textContent = percent(span.tokens.reduce((product, t) => product * t.p, 1));
-  pop.querySelector(".pop-sub").textContent = state.controller ? "Top alternatives (branch once generation stops)" : "Top alternatives · click one to continue from it";
+  pop.querySelector("b").textContent = percent(spanProbability(span));
+  const parts =
+    span.tokens.length > 1 ? `${span.tokens.length} tokens make this text; alternatives to the first. ` : "";
+  pop.querySelector(".pop-sub").textContent =
+    parts + (state.controller ? "Branch once it stops." : "Click one to branch.");
   for (const [token, p] of first.top) {
     const button = document.createElement("button");
     button.type = "button";
     button.className = "alt" + (token === first.token ? " chosen" : "");
+    button.dataset.token = token;
     button.disabled = !typeable(token) || Boolean(state.controller);
     button.title = typeable(token)
       ? `continue the text with ${JSON.stringify(token)}`
-      : token === EOT ? "the end of the text" : "part of a multi-byte character: it cannot be typed as text";
+      : token === EOT
+        ? "the end of the text"
+        : "part of a multi-byte character: it cannot be typed as text";
     button.innerHTML = `<code></code><span class="bar"></span><span class="pct"></span>`;
     button.querySelector("code").textContent = shown(token);
     button.querySelector(".bar").style.width = `${Math.max(2, 100 * p)}%`;
@@ -316,14 +346,23 @@ function branch(index, token, p, top) {
   generate(state.prompt, kept);
 }
 
+// Mouse: hovering a token shows its alternatives; they stay while the pointer is on them.
+// Keyboard: focusing a token shows them; Enter or ↓ moves into the list, ↑/↓ move in it, Escape leaves.
+const isToken = (el) => el.classList.contains("tok");
+let quiet = false; // Escape gives focus back to the token without showing its alternatives again
 const doc = $("doc");
-doc.addEventListener("mouseover", (e) => e.target.classList.contains("tok") && showPopover(e.target));
-doc.addEventListener("focusin", (e) => e.target.classList.contains("tok") && showPopover(e.target));
-doc.addEventListener("mouseout", (e) => e.target.classList.contains("tok") && (hideTimer = setTimeout(hidePopover, 300)));
+doc.addEventListener("mouseover", (e) => isToken(e.target) && showPopover(e.target));
+doc.addEventListener("mouseout", (e) => isToken(e.target) && (hideTimer = setTimeout(hidePopover, 300)));
+doc.addEventListener("focusin", (e) => {
+  if (isToken(e.target) && !quiet) showPopover(e.target);
+  quiet = false;
+});
 doc.addEventListener("keydown", (e) => {
-  // Enter or ↓ on a token moves focus into its alternatives; Escape leaves them.
-  if (e.target.classList.contains("tok") && (e.key === "Enter" || e.key === "ArrowDown")) {
+  if (!isToken(e.target)) return;
+  if (e.key === "Escape") hidePopover();
+  if (e.key === "Enter" || e.key === "ArrowDown") {
     e.preventDefault();
+    if ($("popover").hidden) showPopover(e.target);
     const button = $("popover").querySelector(".alt:not(:disabled)");
     if (button) button.focus();
   }
@@ -339,6 +378,7 @@ $("popover").addEventListener("keydown", (e) => {
   } else if (e.key === "Escape") {
     const token = document.querySelector(".tok.active");
     hidePopover();
+    quiet = true;
     if (token) token.focus();
   }
 });
@@ -347,7 +387,13 @@ $("popover").addEventListener("keydown", (e) => {
 
 // Blues, from near-white (0) to deep blue (1). The heatmaps colour by the square root of the weight,
 // so the small weights most tokens spread around stay visible (the legend's ticks say where 0.1 lies).
-const BLUES = [[247, 251, 255], [198, 219, 239], [107, 174, 214], [33, 113, 181], [8, 48, 107]];
+const BLUES = [
+  [247, 251, 255],
+  [198, 219, 239],
+  [107, 174, 214],
+  [33, 113, 181],
+  [8, 48, 107],
+];
 function blue(w) {
   const x = Math.sqrt(Math.min(1, Math.max(0, w))) * (BLUES.length - 1);
   const i = Math.min(BLUES.length - 2, Math.floor(x));
@@ -404,11 +450,12 @@ function drawInspect() {
   const labels = data.tokens.map((t) => t.label);
   const heads = data.attention;
   const T = labels.length;
-  const cell = Math.max(6, Math.min(24, Math.floor(440 / T)));
+  const cell = Math.max(6, Math.min(24, Math.floor(520 / T)));
   state.head = Math.min(state.head, data.n_head - 1);
   $("head").value = state.head;
   drawHeatmap($("heatmap"), heads[state.head], cell, labels);
-  $("heat-caption").textContent = `Layer ${data.layer}, head ${state.head}: each row is a token, each column a token it attends to. Hover a cell for its weight.`;
+  $("heat-caption").textContent =
+    `Layer ${data.layer}, head ${state.head}: each row is a token, each column a token it attends to. Hover a cell for its weight.`;
   $("heads-title").textContent = `All ${data.n_head} heads of layer ${data.layer}`;
   $("heads").replaceChildren(
     ...heads.map((weights, h) => {
@@ -437,8 +484,13 @@ function drawInspect() {
       return [label, bar, pct];
     }),
   );
-  const hidden = data.start ? `the last ${T} of ${data.context_tokens} tokens shown (rows sum to less than 1 where earlier tokens took a share)` : `${T} tokens, starting with the end-of-text token`;
-  $("inspect-note").textContent = `${hidden} · next token at temperature ${data.temperature}`;
+  const seen = data.truncated
+    ? `the model's whole context: the text's last ${data.context_tokens} tokens`
+    : `${data.context_tokens} tokens: end-of-text (a document starts), then the text`;
+  const shownPart = data.start
+    ? `; the last ${T} drawn (a row sums to less than 1 where earlier tokens took a share)`
+    : "";
+  $("inspect-note").textContent = `${seen}${shownPart} · next token at temperature ${data.temperature}`;
 }
 
 // Ask the server what the model computes for the current text, and draw it.
@@ -446,7 +498,13 @@ async function refreshInspect() {
   if ($("inspect-panel").hidden || state.controller) return; // not while generating: the CPU is busy
   const layer = Number($("layer").value || 0);
   try {
-    const response = await call("/v1/inspect", { model: state.model, prompt: currentText(), layer, window: WINDOW, top: 10 });
+    const response = await call("/v1/inspect", {
+      model: state.model,
+      prompt: currentText(),
+      layer,
+      window: WINDOW,
+      top: 10,
+    });
     state.inspect = await response.json();
   } catch (e) {
     return showMessage(e.message);
@@ -478,7 +536,8 @@ $("heatmap").addEventListener("mousemove", (e) => {
   const q = Math.floor((e.clientY - box.top - top) / cell);
   if (!data || q < 0 || k < 0 || q >= data.tokens.length || k >= data.tokens.length) return;
   const weight = k > q ? "masked (the future)" : data.attention[state.head][q][k].toFixed(3);
-  $("heat-caption").textContent = `Layer ${data.layer}, head ${state.head}: ${data.tokens[q].label} → ${data.tokens[k].label}: ${weight}`;
+  $("heat-caption").textContent =
+    `Layer ${data.layer}, head ${state.head}: ${data.tokens[q].label} → ${data.tokens[k].label}: ${weight}`;
 });
 
 // ---------------------------------------------------------------- start
@@ -486,6 +545,7 @@ $("heatmap").addEventListener("mousemove", (e) => {
 $("generate").addEventListener("click", () => generate($("prompt").value));
 $("stop").addEventListener("click", stop);
 $("message-close").addEventListener("click", clearMessage);
+$("connection").addEventListener("submit", (e) => e.preventDefault()); // Enter in the key field: nothing to send
 $("prompt").addEventListener("keydown", (e) => {
   if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) generate($("prompt").value);
 });
@@ -503,6 +563,7 @@ async function connect() {
   }
   $("model").textContent = `${state.model} · ${state.blockSize}-token context`;
   for (const id of ["max_tokens", "max_tokens-range"]) $(id).max = state.blockSize;
-  if (Number($("max_tokens").value) > state.blockSize) $("max_tokens").value = $("max_tokens-range").value = state.blockSize;
+  if (Number($("max_tokens").value) > state.blockSize)
+    $("max_tokens").value = $("max_tokens-range").value = state.blockSize;
 }
 connect();
