@@ -119,6 +119,17 @@ def test_inspect_refuses_bad_requests_with_openai_errors(client, body, status, p
     assert client.post("/v1/inspect", json={"prompt": "The"}).status_code == 200  # and it goes on serving
 
 
+def test_a_model_without_attention_is_refused():
+    from gptlab.models import Bigram
+
+    tokenizer = train_tokenizer("char", [small_corpus()])
+    bigram = Bigram(ModelConfig(arch="bigram", vocab_size=tokenizer.vocab_size, block_size=16))
+    with TestClient(create_app(TextGenerator(bigram, tokenizer), device="cpu")) as c:
+        got = post(c, "/v1/inspect", prompt="The king")
+    assert got.status_code == 400 and got.json()["error"]["param"] == "model"
+    assert "no attention layers" in got.json()["error"]["message"]
+
+
 def test_inspect_needs_the_api_key_the_page_does_not(tiny_run):
     with TestClient(create_app(tiny_run, api_key="sesame", device="cpu")) as c:
         assert c.get("/").status_code == 200 and c.get("/playground/playground.js").status_code == 200

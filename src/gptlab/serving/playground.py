@@ -48,9 +48,13 @@ def inspection(lm: inspect.LanguageModel, req: InspectRequest) -> dict:
     columns are sent: every weight is the model's own, and a row sums to less than 1 where the
     earlier tokens, not sent, took the rest."""
     try:
+        inspect.attention_blocks(lm.model)
+    except GptlabError as e:  # the bigram model
+        raise APIError(400, str(e), "model") from None
+    try:
         attention = inspect.prompt_attention(lm, req.prompt)
         nxt = inspect.top_next_tokens(lm, req.prompt, req.top, (req.temperature,))
-    except GptlabError as e:  # a text the tokenizer cannot encode, or a model without attention
+    except GptlabError as e:  # a text the tokenizer cannot encode
         raise APIError(400, str(e), "prompt") from None
     try:
         layer = attention.check_layer(req.layer)
