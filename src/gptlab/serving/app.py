@@ -47,10 +47,12 @@ class APIError(Exception):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
 
-    def response(self) -> JSONResponse:
+    def body(self) -> dict:
         kind = ERROR_TYPES.get(self.status, "invalid_request_error" if self.status < 500 else "server_error")
-        error = {"message": self.message, "type": kind, "param": self.param, "code": self.code}
-        return JSONResponse({"error": error}, status_code=self.status)
+        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status)
 
 
 class BodyLimit:
@@ -275,7 +277,7 @@ class Server:
 class Completions:
     """The shapes of /v1/completions."""
 
-    object = "text_completion"
+    object = chunk_object = "text_completion"
     prefix = "cmpl"
 
     def __init__(self, tokenizer, logprobs: bool):
@@ -295,7 +297,7 @@ class Completions:
 class ChatCompletions:
     """The shapes of /v1/chat/completions."""
 
-    object = "chat.completion"
+    object, chunk_object = "chat.completion", "chat.completion.chunk"
     prefix = "chatcmpl"
 
     def __init__(self, tokenizer, logprobs: bool):
@@ -343,14 +345,14 @@ async def respond(server: Server, plan: Plan, shape, body: SamplingFields):
 
 
 async def stream_events(server: Server, plan: Plan, job: Job, shape, head: dict, include_usage: bool):
-    head = {**head, "object": shape.object + ("" if shape.object == "text_completion" else ".chunk")}
+    head = {**head, "object": shape.chunk_object}
     for choice in shape.start(len(job.choices)):
         yield sse({**head, "choices": [choice]})
     try:
         async for u in server.updates(plan, job):
             yield sse({**head, "choices": [shape.chunk(u)]})
     except APIError as e:  # the stream has begun: the error goes in it, where the openai client raises it
-        yield sse(json.loads(e.response().body))
+        yield sse(e.body())
     else:
         if include_usage:
             yield sse({**head, "choices": [], "usage": job.usage(plan)})

@@ -5,8 +5,10 @@ for up to GRACE seconds, then the engine's thread ends."""
 from __future__ import annotations
 
 import ipaddress
+import signal
 import socket
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from gptlab.errors import GptlabError
@@ -51,20 +53,34 @@ def serve(
 
     from gptlab.serving.app import create_app
 
-    app = create_app(source, api_key=api_key, max_batch=max_batch, max_queue=max_queue, device=device)
-    sock = listening_socket(host, port)
-    bound_port = sock.getsockname()[1]
-    shown = f"[{host}]" if ":" in host else host
-    name = app.state.server.name
-    print(f"gptlab: serving {name!r} at http://{shown}:{bound_port}/v1 (OpenAI API); Ctrl-C stops", flush=True)
-    print(f"gptlab: the playground is at http://{shown}:{bound_port}/", flush=True)
-    if not is_loopback(host) and api_key is None:
-        print(
-            f"gptlab: warning: {host} is reachable from other machines and no --api-key is set: anyone who can "
-            "reach it can use the model",
-            file=sys.stderr,
-            flush=True,
-        )
-    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=GRACE)
-    uvicorn.Server(config).run(sockets=[sock])
+    sock = listening_socket(host, port)  # first: a taken port fails before the model loads
+    try:
+        app = create_app(source, api_key=api_key, max_batch=max_batch, max_queue=max_queue, device=device)
+        shown = f"[{host}]" if ":" in host else host
+        name = app.state.server.name
+        print(f"gptlab: serving {name!r} at http://{shown}:{sock.getsockname()[1]}/v1 (OpenAI API); Ctrl-C stops")
+        print(f"gptlab: the playground is at http://{shown}:{sock.getsockname()[1]}/")
+        if not is_loopback(host) and api_key is None:
+            print(
+                f"gptlab: warning: {host} is reachable from other machines and no --api-key is set: anyone who can "
+                "reach it can use the model",
+                file=sys.stderr,
+            )
+        sys.stdout.flush()
+
+        class Server(uvicorn.Server):
+            @contextmanager
+            def capture_signals(self):
+                """Ctrl-C or SIGTERM stop the server gracefully (a second Ctrl-C at once); unlike uvicorn's
+                own handling, the signal is not raised again afterwards, so a clean stop exits with 0."""
+                previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+                try:
+                    yield
+                finally:
+                    for sig, handler in previous.items():
+                        signal.signal(sig, handler)
+
+        Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=GRACE)).run(sockets=[sock])
+    finally:
+        sock.close()
     print("gptlab: server stopped", flush=True)
