@@ -8,3 +8,4 @@ class GptlabError(Exception):
     """
 
     exit_code = 2
+    is_error = True  # False for a stop the user asked for (Ctrl-C, SIGTERM): reported without "error:"

@@ -32,6 +32,7 @@ from gptlab.data.cleaning import CleaningRules, new_report
 from gptlab.data.corpus import Corpus
 from gptlab.data.format import FORMAT, shard_name, single_shard_name, token_dtype, write_meta
 from gptlab.data.split import Span, split_documents
+from gptlab.device import available_cpus
 from gptlab.errors import GptlabError
 from gptlab.tokenizers import Tokenizer, load_tokenizer, tokenizer_class, train_tokenizer
 
@@ -239,7 +240,9 @@ def prepare(
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise GptlabError(f"{out_dir} already exists and is not empty; choose another --out or pass --overwrite")
     if shard_tokens < 1:
-        raise GptlabError(f"shard_tokens must be at least 1, got {shard_tokens}")
+        raise GptlabError(f"--shard-tokens must be at least 1, got {shard_tokens}")
+    if workers is not None and workers < 1:
+        raise GptlabError(f"--workers must be at least 1, got {workers}")
     options = {k: v for k, v in (tokenizer_options or {}).items() if v is not None}
     own_options = {k: v for k, v in options.items() if k in tokenizer_class(tokenizer).options} if compare_png else options
 
@@ -252,7 +255,7 @@ def prepare(
     train, val, method = split_documents([found["lengths"][i] for i in kept], val_fraction, seed)
     train, val = ([Span(kept[s.doc], s.start, s.end) for s in spans] for spans in (train, val))
     dtype = token_dtype(tok.vocab_size)
-    workers = (os.cpu_count() or 1) if workers is None else workers
+    workers = available_cpus() if workers is None else workers
     use_pool = workers > 1 and sum(found["lengths"]) >= POOL_MIN_CHARS
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -4,34 +4,12 @@ gradients, AdamW's two moments, and the activations one micro-batch keeps for ba
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from gptlab.config import RunConfig
+from gptlab.device import GiB, available_memory
 from gptlab.errors import GptlabError
 from gptlab.models.info import training_memory
-
-GiB = 2**30
-
-
-def available_memory(device: torch.device) -> int | None:
-    """Bytes free for training on `device` now, or None where it cannot be told."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    if device.type == "mps":
-        return torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory()
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def check_memory(cfg: RunConfig, device: torch.device) -> dict[str, int]:
@@ -46,7 +24,7 @@ def check_memory(cfg: RunConfig, device: torch.device) -> dict[str, int]:
             "state, "
             f"{memory['activations'] / GiB:,.1f} GiB of activations for batch {cfg.train.batch_size} x block "
             f"{cfg.model.block_size}) "
-            f"but {free / GiB:,.1f} GiB is free; lower --batch_size (--grad_accum keeps the tokens per step), "
-            "--block_size, or the model size (--n_layer, --n_embd); `gptlab info` shows the estimate"
+            f"but {free / GiB:,.1f} GiB is free; lower --batch-size (--grad-accum keeps the tokens per step), "
+            "--block-size, or the model size (--n-layer, --n-embd); `gptlab info` shows the estimate"
         )
     return memory

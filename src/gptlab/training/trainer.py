@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from gptlab.atomic import complete_directory, remove_directory, verify_directory, write_text_atomic
 from gptlab.checkpoint import (
+    CONFIG,
     TRAINER_STATE,
     RunDir,
     keep_history,
@@ -70,11 +71,12 @@ CPU = torch.device("cpu")
 @dataclass
 class TrainResult:
     run_dir: Path
-    steps: int
+    steps: int  # the step the run reached (max_iters, or stop_at)
     best_val_loss: float
     final_val_loss: float
     final_train_loss: float
     seconds: float
+    steps_run: int = 0  # steps this call ran (fewer than `steps` after a resume)
 
 
 @torch.no_grad()
@@ -315,7 +317,7 @@ class Trainer:
         step = self.step + 1
         if self.tc.nonfinite_loss == "skip":
             if self.me.is_main:
-                tqdm.write(f"warning: the loss is {value} at step {step}; skipped that update (--nonfinite_loss skip)")
+                tqdm.write(f"warning: the loss is {value} at step {step}; skipped that update (--nonfinite-loss skip)")
                 self.metrics.write("skipped", step, reason="non-finite loss")
             return False
         last_good = (
@@ -325,7 +327,7 @@ class Trainer:
         )
         raise GptlabError(
             f"the loss became {value} at step {step}; training stopped before applying it and {last_good}; "
-            "lower --learning_rate (or raise --warmup_iters), or pass --nonfinite_loss skip to skip such steps"
+            "lower --learning-rate (or raise --warmup-iters), or pass --nonfinite-loss skip to skip such steps"
         )
 
     def stop_signal(self, stop: StopSignals) -> int | None:
@@ -399,7 +401,8 @@ class Trainer:
                 self.evaluate()
             log_time, log_step = time.perf_counter(), self.step
             stop.install()
-            while self.step < tc.max_iters:
+            end = tc.stop_at or tc.max_iters  # stop_at ends this call early; the schedule still spans max_iters
+            while self.step < end:
                 loss, lr = self.train_step()
                 bar.update(1)
                 if self.step % tc.log_interval == 0 or self.step == tc.max_iters:
@@ -436,19 +439,29 @@ class Trainer:
                         f"continue with `gptlab train --resume {self.run_dir.path}`",
                         signum,
                     )
+            if self.step < tc.max_iters and self.saved_step != self.step:  # stopped at stop_at: resumable from here
+                self.save_last()
         finally:
             stop.restore()
             bar.close()
             if self.metrics is not None:
                 self.metrics.close()
         seconds = time.perf_counter() - start
+        ran = self.step - start_step
         if me.is_main:
-            tqdm.write(
-                f"done: {tc.max_iters} steps in {seconds:.1f}s, best val loss {self.best_val:.4f}; checkpoints in "
-                f"{self.run_dir.path}"
-            )
+            steps = f"{ran} steps" + (f" (steps {start_step + 1}-{self.step})" if start_step else "")
+            if self.step < tc.max_iters:
+                tqdm.write(
+                    f"stopped at step {self.step} of {tc.max_iters} as asked (--stop-at): {steps} in {seconds:.1f}s; "
+                    f"saved {self.run_dir.last}; continue with `gptlab train --resume {self.run_dir.path}`"
+                )
+            else:
+                tqdm.write(
+                    f"done: {steps} in {seconds:.1f}s, best val loss {self.best_val:.4f}; checkpoints in "
+                    f"{self.run_dir.path}"
+                )
         return TrainResult(
-            self.run_dir.path, tc.max_iters, self.best_val, self.losses["val"], self.losses["train"], seconds
+            self.run_dir.path, self.step, self.best_val, self.losses["val"], self.losses["train"], seconds, ran
         )
 
 
@@ -476,7 +489,7 @@ def train(
     data.check_fits(cfg.model.block_size, cfg.train.batch_size)
     me, device = init_distributed(cfg.train.device)
     try:
-        setup_device(device, cfg.train.tf32)
+        setup_device(device, cfg.train.tf32, cfg.train.threads)
         check_memory(cfg, device)
         run_dir = Path(out_dir)
 
@@ -516,7 +529,8 @@ def resume(
         )
     verify_directory(ckpt_dir)
     info = read_info(ckpt_dir)
-    cfg = RunConfig.from_dict(info["run"])
+    cfg = RunConfig.from_dict(info["run"], source=str(ckpt_dir / CONFIG))
+    cfg.train.stop_at = 0  # a stop belongs to the call that asked for it: a resume runs on unless given its own
     types = field_types()
     for key, value in (overrides or {}).items():
         if types.get(key, ("train",))[0] != "train":
@@ -532,11 +546,13 @@ def resume(
     state = load_trainer_state(ckpt_dir)
     if state["step"] >= cfg.train.max_iters:
         raise GptlabError(
-            f"{run_dir} already finished its {cfg.train.max_iters} steps; to train on, resume with a larger --max_iters"
+            f"{run_dir} already finished its {cfg.train.max_iters} steps; to train on, resume with a larger --max-iters"
         )
+    if 0 < cfg.train.stop_at <= state["step"]:
+        raise GptlabError(f"{run_dir} is already at step {state['step']}; give a --stop-at after it, or none")
     me, device = init_distributed(cfg.train.device)
     try:
-        setup_device(device, cfg.train.tf32)
+        setup_device(device, cfg.train.tf32, cfg.train.threads)
 
         def rewind_run_dir() -> None:
             truncate_metrics(run_dir, state["step"])
