@@ -206,7 +206,13 @@ def test_the_playground_in_a_browser(server, browser, tmp_path):
         return [c.width, c.height, seen.size];"""
     )
     assert colours[0] > 100 and colours[1] > 100 and colours[2] > 20  # cells of many shades, not a blank canvas
-    ActionChains(d).move_to_element(tokens()[-4]).perform()  # the screenshot shows some alternatives too
+    # the screenshot shows the alternatives of the least likely word-character token of the last line or so
+    doubtful = d.execute_script(
+        """const p = state.spans.map(spanProbability), from = Math.max(0, p.length - 24);
+        const candidates = [...p.keys()].filter((i) => i >= from && /\\w/.test(state.spans[i].text));
+        return candidates.reduce((a, b) => (p[b] < p[a] ? b : a), candidates[0] ?? p.length - 1);"""
+    )
+    ActionChains(d).move_to_element(d.find_element(By.CSS_SELECTOR, f'#doc [data-index="{doubtful}"]')).perform()
     wait(popover.is_displayed)
     height = d.execute_script("return document.documentElement.scrollHeight + outerHeight - innerHeight")
     d.set_window_size(1280, height)  # the whole page, and no more

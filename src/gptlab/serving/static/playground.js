@@ -307,7 +307,8 @@ function showPopover(el) {
   const parts =
     span.tokens.length > 1 ? `${span.tokens.length} tokens make this text; alternatives to the first. ` : "";
   pop.querySelector(".pop-sub").textContent =
-    parts + (state.controller ? "Branch once it stops." : "Click one to branch.");
+    parts +
+    (state.controller ? "The likeliest here; branch once it stops." : "The likeliest here; click one to branch.");
   for (const [token, p] of first.top) {
     const button = document.createElement("button");
     button.type = "button";
