@@ -212,6 +212,7 @@ const currentText = () =>
 
 // Continue `base` + the text of `kept`: spans already shown (a branch keeps the text it branched from).
 async function generate(base, kept = []) {
+  if (!state.model && !(await connect())) return;
   let body;
   try {
     const prompt = base + kept.map((s) => s.text).join("");
@@ -497,6 +498,7 @@ function drawInspect() {
 // Ask the server what the model computes for the current text, and draw it.
 async function refreshInspect() {
   if ($("inspect-panel").hidden || state.controller) return; // not while generating: the CPU is busy
+  if (!state.model && !(await connect())) return;
   const layer = Number($("layer").value || 0);
   try {
     const response = await call("/v1/inspect", {
@@ -551,20 +553,23 @@ $("prompt").addEventListener("keydown", (e) => {
   if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) generate($("prompt").value);
 });
 
-// The model's name (requests must give it) and context (max tokens go up to it): a first sign of
-// whether the server is there.
+// The model's name and context (max tokens go up to it): a first sign of whether the server is there.
+// Tried again before each request until it works (e.g. once the API key is typed in). True: connected.
 async function connect() {
   try {
-    state.model = (await (await call("/v1/models")).json()).data[0].id;
-    const shape = await (await call("/v1/inspect", { model: state.model, prompt: "", window: 1, top: 1 })).json();
-    state.blockSize = shape.block_size;
+    const model = (await (await call("/v1/models")).json()).data[0].id;
+    const shape = await (await call("/v1/inspect", { model, prompt: "", window: 1, top: 1 })).json();
+    [state.model, state.blockSize] = [model, shape.block_size];
   } catch (e) {
     $("model").textContent = "not connected";
-    return showMessage(e.message);
+    showMessage(e.message);
+    return false;
   }
+  clearMessage();
   $("model").textContent = `${state.model} · ${state.blockSize}-token context`;
   for (const id of ["max_tokens", "max_tokens-range"]) $(id).max = state.blockSize;
   if (Number($("max_tokens").value) > state.blockSize)
     $("max_tokens").value = $("max_tokens-range").value = state.blockSize;
+  return true;
 }
 connect();
