@@ -93,12 +93,14 @@ def test_batched_rows_of_different_lengths_give_each_row_its_own_logits(variant,
         torch.testing.assert_close(torch.cat(got[i], dim=1), alone[i][:, :n], atol=1e-5, rtol=1e-5)
 
 
-def test_last_only_gives_the_last_positions_logits():
+def test_a_prefill_without_logits_fills_the_same_cache():
     model = randomize(make(positions="rope"))
     idx = torch.randint(0, BASE.vocab_size, (2, 9))
-    torch.testing.assert_close(model(idx, last_only=True)[0], model(idx)[0][:, -1:])
-    bigram = make(arch="bigram")
-    torch.testing.assert_close(bigram(idx, last_only=True)[0], bigram(idx)[0][:, -1:])
+    full, plain = model.new_cache(2, 16), model.new_cache(2, 16)
+    assert model(idx[:, :8], cache=plain, logits=False) == (None, None)
+    model(idx[:, :8], cache=full)
+    torch.testing.assert_close(model(idx[:, 8:], cache=plain)[0], model(idx[:, 8:], cache=full)[0])
+    assert make(arch="bigram")(idx, logits=False) == (None, None)
 
 
 def test_default_options_keep_gpt2_names():

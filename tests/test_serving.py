@@ -359,18 +359,24 @@ def test_sixteen_streaming_clients_share_steps_and_get_what_each_prompt_gets_alo
     assert app.state.server.engine.steps - steps_before < tokens / 4  # many rows per forward pass
 
 
-def test_a_client_that_disconnects_frees_its_row_within_a_step(chat_run):
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_client_that_disconnects_frees_its_row_within_a_step(chat_run, stream):
     app = create_app(chat_run, device="cpu")
     engine = app.state.server.engine
     model, forward = app.state.server.model, app.state.server.model.forward
     model.forward = lambda *a, **k: (time.sleep(0.03), forward(*a, **k))[1]  # 64 steps take two seconds or more
     with running(app) as url:
-        stream = client(url).completions.create(model="chat", prompt="the king", max_tokens=64, stream=True)
-        for _, chunk in zip(range(2), stream):
-            assert chunk.choices[0].text is not None
-        assert engine.stats()["running"] == 1
-        stream.close()
+        ask = dict(model="chat", prompt="the king", max_tokens=64)
+        if stream:
+            response = client(url).completions.create(stream=True, **ask)
+            for _, chunk in zip(range(2), response):
+                assert chunk.choices[0].text is not None
+            response.close()
+        else:  # the client gives up after a few steps and closes its connection
+            with pytest.raises(openai.APITimeoutError):
+                openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=0.3).completions.create(**ask)
         closed_at = engine.steps
+        assert 0 < closed_at < 64
         deadline = time.monotonic() + 5
         while engine.stats()["running"] and time.monotonic() < deadline:
             time.sleep(0.005)

@@ -35,12 +35,14 @@ class Bigram(nn.Module):
         idx: torch.Tensor,
         targets: torch.Tensor | None = None,
         cache: KVCache | None = None,
-        last_only: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        logits: bool = True,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Same contract as GPT.forward. Any length works: there is no context to run out of.
         A cache only counts positions, so generation's bookkeeping stays the same."""
-        logits = self.next_token_logits(idx[:, -1:] if last_only else idx)
         if cache is not None:
             cache.advance(idx.size(1))
-        loss = None if targets is None else next_token_loss(logits, targets)
-        return logits, loss
+        if not logits:
+            return None, None
+        out = self.next_token_logits(idx)
+        loss = None if targets is None else next_token_loss(out, targets)
+        return out, loss

@@ -314,13 +314,13 @@ class GPT(nn.Module):
         idx: torch.Tensor,
         targets: torch.Tensor | None = None,
         cache: KVCache | None = None,
-        last_only: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        logits: bool = True,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """idx (B, T) token ids -> logits (B, T, vocab); with targets also the mean cross-entropy.
 
         With a cache, idx holds only the new positions; each row continues after its cache.lengths.
-        last_only: logits of the last position only, (B, 1, vocab): all that sampling needs, and the
-        head over a 50k vocabulary is the largest matmul of a prefill.
+        logits=False only fills the cache and returns (None, None): a prefill whose predictions nobody
+        reads skips the head, which over a 50k vocabulary is the largest matrix of a small model.
         """
         B, T = idx.shape
         if cache is None:
@@ -345,8 +345,8 @@ class GPT(nn.Module):
             x = block(x, cache, layer, rope)
         if cache is not None:
             cache.advance(T)
-        if last_only:
-            x = x[:, -1:]
-        logits = self.lm_head(self.transformer.ln_f(x))
-        loss = None if targets is None else next_token_loss(logits, targets)
-        return logits, loss
+        if not logits:
+            return None, None
+        out = self.lm_head(self.transformer.ln_f(x))
+        loss = None if targets is None else next_token_loss(out, targets)
+        return out, loss

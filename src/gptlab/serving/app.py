@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from gptlab.errors import GptlabError
@@ -324,14 +324,30 @@ def sse(data: dict | str) -> bytes:
     return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n".encode()
 
 
-async def respond(server: Server, plan: Plan, shape, body: SamplingFields):
+async def respond(server: Server, plan: Plan, shape, body: SamplingFields, request: Request):
     job = server.submit(plan)
     head = {"id": f"{shape.prefix}-{uuid.uuid4().hex}", "created": int(time.time()), "model": server.name}
-    if body.stream:
+    if body.stream:  # Starlette ends the stream when its client leaves, which ends server.updates
         include_usage = body.stream_options is not None and body.stream_options.include_usage
         return StreamingResponse(
             stream_events(server, plan, job, shape, head, include_usage), media_type="text/event-stream"
         )
+    answering = asyncio.ensure_future(whole_response(server, plan, job, shape, head))
+    watching = asyncio.ensure_future(until_disconnected(request))
+    try:
+        await asyncio.wait({answering, watching}, return_when=asyncio.FIRST_COMPLETED)
+    finally:  # a client that left cancels its answer, and with it its sequences
+        watching.cancel()
+        answering.cancel()
+    return answering.result() if answering.done() and not answering.cancelled() else Response(status_code=499)
+
+
+async def until_disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def whole_response(server: Server, plan: Plan, job: Job, shape, head: dict) -> JSONResponse:
     texts, tokens, finish = [""] * len(job.choices), [[] for _ in job.choices], [None] * len(job.choices)
     try:
         async for u in server.updates(plan, job):
@@ -469,20 +485,20 @@ def create_app(
         return server.card()
 
     @v1.post("/completions")
-    async def completions(body: CompletionRequest):
+    async def completions(body: CompletionRequest, request: Request):
         texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if not texts:
             raise APIError(400, "prompt is an empty list; send a string or a list of strings", "prompt")
         plan = server.plan(body, texts, (), DEFAULT_COMPLETION_TOKENS, body.logprobs, bool(body.echo))
         shape = Completions(server.tokenizer, body.logprobs is not None)
-        return await respond(server, plan, shape, body)
+        return await respond(server, plan, shape, body, request)
 
     @v1.post("/chat/completions")
-    async def chat_completions(body: ChatRequest):
+    async def chat_completions(body: ChatRequest, request: Request):
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
         plan = server.plan(body, [chat.render(body.messages)], chat.TURN_STOPS, server.block_size, logprobs, False)
         shape = ChatCompletions(server.tokenizer, body.logprobs is True)
-        return await respond(server, plan, shape, body)
+        return await respond(server, plan, shape, body, request)
 
     from gptlab.serving import playground  # it builds on this module's APIError and Server
 

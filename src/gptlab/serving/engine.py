@@ -273,7 +273,7 @@ class Engine:
         if not window:
             return PromptScores([]) if score else None
         idx = torch.tensor([window], dtype=torch.long, device=self.device)
-        logits = self.model(idx, cache=cache, last_only=not score)[0]
+        logits = self.model(idx, cache=cache, logits=score)[0]
         if not score:
             return None
         # position t predicts token t + 1: every prompt token after the first gets its logprob
