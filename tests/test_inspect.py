@@ -1,4 +1,5 @@
 import math
+import re
 
 import matplotlib.image
 import pytest
@@ -10,6 +11,7 @@ from gptlab.cli import main
 from gptlab.errors import GptlabError
 from gptlab.evaluation import inspect
 from gptlab.evaluation.eval import evaluate_ids, split_ids
+from gptlab.generation.streaming import REPLACEMENT
 
 
 @pytest.fixture(scope="module")
@@ -165,3 +167,67 @@ def test_a_model_without_attention_is_refused():
 
     with pytest.raises(GptlabError, match="no attention layers"):
         inspect.attention_weights(Bigram(), [0, 1])
+
+
+def test_the_pictures_numbers_come_from_the_data_functions(ckpt):
+    attention = inspect.prompt_attention(ckpt, "The king")
+    assert attention.ids == inspect.encode_prompt(ckpt, "The king")
+    assert attention.labels == ["<eot>", "T", "h", "e", "␣", "k", "i", "n", "g"]
+    for got, want in zip(attention.weights, inspect.attention_weights(ckpt.model, attention.ids)):
+        torch.testing.assert_close(got, want)
+    with pytest.raises(GptlabError, match="layer 9 does not exist"):
+        attention.check_layer(9)
+    nxt = inspect.top_next_tokens(ckpt, "The ki", top=5, temperatures=(1.0, 0.5))
+    probs = [inspect.next_token_distribution(ckpt, "The ki", t) for t in (1.0, 0.5)]
+    assert nxt.ids == probs[0].topk(5).indices.tolist()
+    assert nxt.labels == [inspect.token_label(ckpt, i) for i in nxt.ids]
+    torch.testing.assert_close(nxt.probs, torch.stack([p[nxt.ids] for p in probs]))
+    with pytest.raises(GptlabError, match="at least 1"):
+        inspect.top_next_tokens(ckpt, "The ki", top=0)
+
+
+class Pair:
+    """A model and a tokenizer: what the data functions need (as a Checkpoint or a TextGenerator has)."""
+
+    def __init__(self, tokenizer, block_size=64):
+        from gptlab.config import ModelConfig
+        from gptlab.models import GPT
+
+        torch.manual_seed(0)
+        self.tokenizer = tokenizer
+        cfg = ModelConfig(vocab_size=tokenizer.vocab_size, block_size=block_size, n_layer=1, n_head=2, n_embd=16)
+        self.model = GPT(cfg).eval()
+
+
+def byte_level_tokenizer(kind, request):
+    from gptlab.tokenizers import train_tokenizer
+    from gptlab.tokenizers.gpt2 import GPT2Tokenizer
+
+    if kind == "gpt2":
+        return GPT2Tokenizer.from_file(request.getfixturevalue("shared_data") / "gpt2" / "gpt2.tiktoken")
+    # 257 tokens: the 256 bytes and end-of-text, so every multi-byte character is cut into bytes
+    return train_tokenizer("bpe", ["café ’ 😀 plain text"], vocab_size=257)
+
+
+@pytest.mark.parametrize("kind", ["bpe", "gpt2"])
+def test_token_labels_never_split_a_character(kind, request):
+    tokenizer = byte_level_tokenizer(kind, request)
+    lm = Pair(tokenizer)
+    ids = inspect.encode_prompt(lm, "café ’ 😀!")
+    assert any(REPLACEMENT in tokenizer.decode([i]) for i in ids)  # the case at hand: tokens holding partial bytes
+    labels = inspect.token_labels(lm, ids)
+    assert len(labels) == len(ids) and not any(REPLACEMENT in label for label in labels)
+    # each run of byte tokens is labelled with the characters it makes together, numbered 1/n .. n/n
+    groups, i = [], 0
+    while i < len(labels):
+        numbered = re.fullmatch(r"(.+) \(1/(\d)\)", labels[i])
+        n = int(numbered.group(2)) if numbered else 1
+        if numbered:
+            whole = numbered.group(1)
+            assert labels[i : i + n] == [f"{whole} ({j}/{n})" for j in range(1, n + 1)]
+            assert inspect.printable(tokenizer.decode(ids[i : i + n])) == whole
+            groups.append(whole)
+        i += n
+    assert any("😀" in whole for whole in groups) and any("’" in whole for whole in groups)
+    # a character still unfinished at the end has nothing to be grouped with: it stays as it is
+    assert REPLACEMENT in inspect.token_labels(lm, tokenizer.encode("😀")[:-1])[-1]

@@ -1,5 +1,9 @@
 """Pictures of a trained model's insides, each a PNG drawn with matplotlib from a real checkpoint.
 
+The numbers behind the attention and next-token pictures come from data functions (prompt_attention,
+top_next_tokens) that the web playground's /v1/inspect endpoint calls too, so a picture and the page
+show the same thing. They take anything with a `model` and its `tokenizer` (a Checkpoint, a TextGenerator).
+
 plot_attention      attention weights per layer and head for a prompt, tokens on both axes
 plot_next_token     the next-token distribution after a prompt (top candidates)
 plot_embeddings     the token embeddings projected to 2-D by PCA, labelled with their tokens
@@ -12,14 +16,26 @@ from __future__ import annotations
 
 import math
 import unicodedata
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
 from gptlab.checkpoint import Checkpoint, RunDir
 from gptlab.errors import GptlabError
 from gptlab.evaluation.eval import evaluate_ids, split_ids
+from gptlab.generation.streaming import REPLACEMENT
+from gptlab.tokenizers import Tokenizer
 from gptlab.training.metrics import read_metrics
+
+
+class LanguageModel(Protocol):
+    """What the data functions need: a Checkpoint has it, and so does a TextGenerator."""
+
+    model: torch.nn.Module
+    tokenizer: Tokenizer
+
 
 SHOWN = {" ": "␣", "\n": "↵", "\t": "⇥"}  # whitespace drawn as a visible glyph
 
@@ -41,18 +57,45 @@ def save(fig, out: Path, dpi: int = 110) -> Path:
     return out
 
 
-def token_label(ckpt: Checkpoint, token_id: int) -> str:
-    """A token as a short printable label: whitespace made visible, end-of-text as <eot>."""
-    if token_id == ckpt.tokenizer.eot_id:
-        return "<eot>"
-    text = ckpt.tokenizer.decode([token_id])
+def printable(text: str) -> str:
     return "".join(SHOWN.get(c, c) for c in text) or "∅"
 
 
-def encode_prompt(ckpt: Checkpoint, prompt: str) -> list[int]:
-    """The prompt as the model sees it at the start of a document: end-of-text, then its tokens."""
-    ids = [ckpt.tokenizer.eot_id] + ckpt.tokenizer.encode(prompt)
-    return ids[-ckpt.config.model.block_size :]
+def token_label(lm: LanguageModel, token_id: int) -> str:
+    """A token as a short printable label: whitespace made visible, end-of-text as <eot>."""
+    if token_id == lm.tokenizer.eot_id:
+        return "<eot>"
+    return printable(lm.tokenizer.decode([token_id]))
+
+
+def token_labels(lm: LanguageModel, ids: list[int]) -> list[str]:
+    """A label for each token of a text, no character split across labels.
+
+    A byte-level token (bpe, gpt2) can hold part of a multi-byte character, and alone it decodes to
+    U+FFFD. Such a run of tokens is labelled with the text the run decodes to as a whole, numbered:
+    "é" cut in two bytes gives "é (1/2)", "é (2/2)". A run still broken after 4 tokens (a UTF-8
+    character has at most 4 bytes) is broken text, left as it is."""
+    labels = [token_label(lm, i) for i in ids]
+    i = 0
+    while i < len(ids):
+        end = i + 1
+        if REPLACEMENT in labels[i]:
+            while end < len(ids) and end - i < 4 and REPLACEMENT in lm.tokenizer.decode(ids[i:end]):
+                end += 1
+            whole = lm.tokenizer.decode(ids[i:end])
+            if end - i > 1 and REPLACEMENT not in whole:
+                labels[i:end] = [f"{printable(whole)} ({k + 1}/{end - i})" for k in range(end - i)]
+            else:
+                end = i + 1
+        i = end
+    return labels
+
+
+def encode_prompt(lm: LanguageModel, prompt: str) -> list[int]:
+    """The prompt as the model sees it at the start of a document: end-of-text, then its tokens
+    (the last block_size of them)."""
+    ids = [lm.tokenizer.eot_id] + lm.tokenizer.encode(prompt)
+    return ids[-lm.model.config.block_size :]
 
 
 def attention_blocks(model: torch.nn.Module):
@@ -96,18 +139,34 @@ def attention_weights(model: torch.nn.Module, ids: list[int]) -> list[torch.Tens
     return [t[0][0] if t[0].dim() == 4 else torch.stack([w[0] for w in t]) for t in caught]
 
 
+@dataclass
+class Attention:
+    """The attention of every layer and head over a prompt: weights[layer][head, query, key]."""
+
+    ids: list[int]  # the tokens the model saw: end-of-text, then the prompt's
+    labels: list[str]  # one printable label per token (token_labels)
+    weights: list[torch.Tensor]  # per layer, (n_head, T, T); each row sums to 1
+
+    def check_layer(self, layer: int) -> int:
+        if not 0 <= layer < len(self.weights):
+            raise GptlabError(f"layer {layer} does not exist; this model has layers 0..{len(self.weights) - 1}")
+        return layer
+
+
+def prompt_attention(lm: LanguageModel, prompt: str) -> Attention:
+    """The numbers behind plot_attention (and the playground's heatmaps)."""
+    ids = encode_prompt(lm, prompt)
+    return Attention(ids, token_labels(lm, ids), attention_weights(lm.model, ids))
+
+
 def plot_attention(ckpt: Checkpoint, prompt: str, out: Path, layers: list[int] | None = None) -> Path:
     """A grid of heatmaps, one row per layer and one column per head: row = query token (the one
     being predicted from), column = key token it looks at. Zero above the diagonal: the causal mask."""
-    ids = encode_prompt(ckpt, prompt)
-    weights = attention_weights(ckpt.model, ids)
-    layers = list(range(len(weights))) if layers is None else layers
-    for layer in layers:
-        if not 0 <= layer < len(weights):
-            raise GptlabError(f"layer {layer} does not exist; this model has layers 0..{len(weights) - 1}")
-    labels = [token_label(ckpt, i) for i in ids]
+    attention = prompt_attention(ckpt, prompt)
+    weights, labels = attention.weights, attention.labels
+    layers = list(range(len(weights))) if layers is None else [attention.check_layer(layer) for layer in layers]
     n_head = weights[0].size(0)
-    T = len(ids)
+    T = len(labels)
     cell = max(2.2, 0.16 * T + 0.8)
     plt = pyplot()
     fig, axes = plt.subplots(
@@ -131,31 +190,52 @@ def plot_attention(ckpt: Checkpoint, prompt: str, out: Path, layers: list[int] |
 
 
 @torch.no_grad()
-def next_token_distribution(ckpt: Checkpoint, prompt: str, temperature: float = 1.0) -> torch.Tensor:
+def next_token_distribution(lm: LanguageModel, prompt: str, temperature: float = 1.0) -> torch.Tensor:
     """Probabilities of every token coming next after the prompt, at a sampling temperature."""
     if not (0 < temperature < math.inf):
         raise GptlabError(
             f"temperature must be a finite number > 0 for a distribution, got {temperature} (0 means greedy: all "
             "mass on the top token)"
         )
-    ids = encode_prompt(ckpt, prompt)
-    logits, _ = ckpt.model(torch.tensor([ids], device=next(ckpt.model.parameters()).device))
+    ids = encode_prompt(lm, prompt)
+    logits, _ = lm.model(torch.tensor([ids], device=next(lm.model.parameters()).device))
     return torch.softmax(logits[0, -1].float().cpu() / temperature, dim=-1)
+
+
+@dataclass
+class NextTokens:
+    """The most likely next tokens after a prompt (ranked at the first temperature) and their probabilities."""
+
+    ids: list[int]
+    labels: list[str]
+    temperatures: tuple[float, ...]
+    probs: torch.Tensor  # (len(temperatures), len(ids)): probs[k, i] = P(ids[i]) at temperatures[k]
+
+
+def top_next_tokens(
+    lm: LanguageModel, prompt: str, top: int = 20, temperatures: tuple[float, ...] = (1.0,)
+) -> NextTokens:
+    """The numbers behind plot_next_token (and the playground's bar chart)."""
+    if top < 1:
+        raise GptlabError(f"the number of next-token candidates must be at least 1, got {top}")
+    dists = torch.stack([next_token_distribution(lm, prompt, t) for t in temperatures])
+    ids = dists[0].topk(min(top, dists.size(1))).indices
+    return NextTokens(ids.tolist(), [token_label(lm, int(i)) for i in ids], tuple(temperatures), dists[:, ids])
 
 
 def plot_next_token(
     ckpt: Checkpoint, prompt: str, out: Path, top: int = 20, temperatures: tuple[float, ...] = (1.0,)
 ) -> Path:
     """Horizontal bars of the `top` most likely next tokens, one set of bars per temperature."""
-    dists = [next_token_distribution(ckpt, prompt, t) for t in temperatures]
-    probs, ids = dists[0].topk(min(top, dists[0].numel()))
+    nxt = top_next_tokens(ckpt, prompt, top, temperatures)
+    n = len(nxt.ids)
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 0.28 * len(ids) + 1.5))
-    height = 0.8 / len(dists)
-    for k, (t, dist) in enumerate(zip(temperatures, dists)):
-        y = [i + k * height for i in range(len(ids))]
-        ax.barh(y, dist[ids].numpy(), height=height, label=f"temperature {t:g}")
-    ax.set_yticks([i + 0.4 - height / 2 for i in range(len(ids))], [token_label(ckpt, int(i)) for i in ids], fontsize=9)
+    fig, ax = plt.subplots(figsize=(6, 0.28 * n + 1.5))
+    height = 0.8 / len(temperatures)
+    for k, t in enumerate(temperatures):
+        y = [i + k * height for i in range(n)]
+        ax.barh(y, nxt.probs[k].numpy(), height=height, label=f"temperature {t:g}")
+    ax.set_yticks([i + 0.4 - height / 2 for i in range(n)], nxt.labels, fontsize=9)
     ax.invert_yaxis()
     ax.set_xlabel("probability")
     ax.set_title(f"next token after {prompt[-40:]!r}", fontsize=10)

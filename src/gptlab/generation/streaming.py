@@ -22,11 +22,13 @@ class IncrementalDecoder:
     stream exactly what decode() gives for the whole.
     """
 
-    def __init__(self, tokenizer: Tokenizer):
+    def __init__(self, tokenizer: Tokenizer, context: list[int] = ()):
+        """`context`: tokens before the first pushed one (a prompt's end), decoded but never given out, so
+        the first new text is spaced from them as decode() spaces it (the word tokenizer: " word", ",")."""
         self.tokenizer = tokenizer
-        self.ids: list[int] = []
-        self.released = 0  # characters of the decoded text already given out
-        self.settled = 0  # ids whose text was released whole
+        self.ids: list[int] = list(context)
+        self.released = len(tokenizer.decode(self.ids)) if self.ids else 0  # characters already given out
+        self.settled = len(self.ids)  # ids whose text was released whole
 
     def push(self, token: int) -> str:
         """Add one token; return the text it completes ("" while a character is still partial)."""

@@ -3,9 +3,10 @@
     from gptlab.serving import create_app
     app = create_app("runs/demo")              # then uvicorn.run(app), or `gptlab serve runs/demo`
 
-Routes: GET /health, GET /v1/models, GET /v1/models/{id}, POST /v1/completions, POST /v1/chat/completions.
-`/` is left free for the web playground. Every error is OpenAI's JSON, {"error": {"message", "type",
-"param", "code"}}, with the status the case calls for. docs/serving.md describes every field.
+Routes: GET /health, GET /v1/models, GET /v1/models/{id}, POST /v1/completions, POST /v1/chat/completions;
+and the web playground's (serving/playground.py): GET / and POST /v1/inspect.
+Every error is OpenAI's JSON, {"error": {"message", "type", "param", "code"}}, with the status the case
+calls for. docs/serving.md describes every field.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from gptlab.generation import TextGenerator
 from gptlab.generation.generate import encode_prompt
 from gptlab.generation.sampling import SamplingSettings
 from gptlab.serving import chat
-from gptlab.serving.choices import ChoiceText, TokenText, chat_logprobs, legacy_logprobs, prompt_tokens
+from gptlab.serving.choices import CONTEXT, ChoiceText, TokenText, chat_logprobs, legacy_logprobs, prompt_tokens
 from gptlab.serving.engine import Engine, EngineStopped, Failed, PromptScores, QueueFull, Sequence, Step
 from gptlab.serving.schemas import MAX_LOGPROBS, ChatRequest, CompletionRequest, SamplingFields
 
@@ -231,7 +232,8 @@ class Server:
                     score_prompt=plan.echo and plan.logprobs is not None,
                 )
             )
-            job.choices.append(ChoiceText(self.tokenizer, plan.stop, len(plan.texts[p]) if plan.echo else 0))
+            start = len(plan.texts[p]) if plan.echo else 0
+            job.choices.append(ChoiceText(self.tokenizer, plan.stop, start, plan.prompts[p][-CONTEXT:]))
         try:
             self.engine.submit(job.sequences)
         except QueueFull as e:
@@ -500,5 +502,9 @@ def create_app(
         shape = ChatCompletions(server.tokenizer, body.logprobs is True)
         return await respond(server, plan, shape, body, request)
 
+    from gptlab.serving import playground  # it builds on this module's APIError and Server
+
+    v1.include_router(playground.inspect_router(server))
     app.include_router(v1)
+    app.include_router(playground.page_router())  # the web playground at /
     return app

@@ -9,11 +9,13 @@ that completes the character, and the last token before a stop string shows only
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gptlab.generation.streaming import IncrementalDecoder, StopStrings
 from gptlab.serving.engine import PromptScores, Step
 from gptlab.tokenizers import Tokenizer
+
+CONTEXT = 8  # tokens before a position that decide how a token reads there (its spacing, a character it ends)
 
 
 @dataclass
@@ -25,14 +27,25 @@ class TokenText:
     offset: int  # where that share starts in the choice's text
     logprob: float | None  # None for a prompt's first token (nothing predicts it)
     top: list[tuple[int, float]] | None  # likeliest alternatives (token, logprob); None where there are none
+    before: list[int] = field(default_factory=list)  # the last CONTEXT tokens before it, for in_context
+
+
+def in_context(tokenizer: Tokenizer, before: list[int], token: int) -> str:
+    """The text `token` adds after the tokens `before`: what an alternative would read as in its place,
+    so that the text before it plus this is the text with it (the word tokenizer puts a space before a
+    word but not before a comma; a byte-level token alone may be a partial character, U+FFFD)."""
+    head = tokenizer.decode(before)
+    return tokenizer.decode([*before, token])[len(head) :]
 
 
 class ChoiceText:
     """One choice's tokens in, (text, tokens) out as they become final; `finish_reason` once it ended."""
 
-    def __init__(self, tokenizer: Tokenizer, stop: tuple[str, ...], start: int = 0):
+    def __init__(self, tokenizer: Tokenizer, stop: tuple[str, ...], start: int = 0, context: list[int] = ()):
         self.start = start  # where the generated text begins in the choice's text (after an echoed prompt)
-        self.decoder = IncrementalDecoder(tokenizer)
+        # context: the prompt's last tokens, from the last end-of-text on (a document starts after it)
+        eot = [i for i, token in enumerate(context) if token == tokenizer.eot_id]
+        self.decoder = IncrementalDecoder(tokenizer, context[eot[-1] + 1 :] if eot else context)
         self.stops = StopStrings(stop)
         self.pending: list[TokenText] = []  # tokens whose text is not out yet
         self.decoded = 0  # characters decoded so far
@@ -42,8 +55,9 @@ class ChoiceText:
 
     def push(self, step: Step) -> tuple[str, list[TokenText]]:
         self.tokens += 1
+        before = self.decoder.ids[-CONTEXT:]
         piece = self.decoder.push(step.token)
-        self.pending.append(TokenText(step.token, piece, self.start + self.decoded, step.logprob, step.top))
+        self.pending.append(TokenText(step.token, piece, self.start + self.decoded, step.logprob, step.top, before))
         self.decoded += len(piece)
         self.released += len(self.stops.push(piece))
         if self.stops.stopped:
@@ -94,8 +108,9 @@ def prompt_tokens(tokenizer: Tokenizer, ids: list[int], scores: PromptScores | N
     out, offset = [], 0
     steps = [None, *(scores.steps if scores else [])]
     for token, step in zip(ids, steps):
+        before = decoder.ids[-CONTEXT:]
         piece = decoder.push(token)
-        out.append(TokenText(token, piece, offset, step.logprob if step else None, step.top if step else None))
+        out.append(TokenText(token, piece, offset, step.logprob if step else None, step.top if step else None, before))
         offset += len(piece)
     if out:
         out[-1].text += decoder.flush()
@@ -103,14 +118,15 @@ def prompt_tokens(tokenizer: Tokenizer, ids: list[int], scores: PromptScores | N
 
 
 def legacy_logprobs(tokenizer: Tokenizer, tokens: list[TokenText]) -> dict:
-    """The completions API's logprobs object; the sampled token is always among its alternatives."""
+    """The completions API's logprobs object; the sampled token is always among its alternatives, each
+    written as it would read in the sampled one's place (in_context)."""
     top = []
     for t in tokens:
         if t.top is None:
             top.append(None)
             continue
-        alternatives = {tokenizer.decode([i]): lp for i, lp in t.top}
-        alternatives.setdefault(tokenizer.decode([t.token]), t.logprob)
+        alternatives = {in_context(tokenizer, t.before, i): lp for i, lp in t.top}
+        alternatives.setdefault(in_context(tokenizer, t.before, t.token), t.logprob)
         top.append(alternatives)
     return {
         "tokens": [t.text for t in tokens],
@@ -127,6 +143,9 @@ def chat_logprobs(tokenizer: Tokenizer, tokens: list[TokenText]) -> list[dict]:
         return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
 
     return [
-        {**entry(t.text, t.logprob), "top_logprobs": [entry(tokenizer.decode([i]), lp) for i, lp in t.top or []]}
+        {
+            **entry(t.text, t.logprob),
+            "top_logprobs": [entry(in_context(tokenizer, t.before, i), lp) for i, lp in t.top or []],
+        }
         for t in tokens
     ]

@@ -27,6 +27,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import torch
@@ -112,6 +113,7 @@ class Engine:
         self.cache = model.new_cache(max_batch, self.block_size)
         self.live: list[Sequence] = []  # row i of the cache holds live[i]
         self.waiting: deque[Sequence] = deque()
+        self.calls: deque[tuple[Callable, Future]] = deque()  # work to run between two steps (call)
         self.rows_taken = 0  # live rows plus rows being admitted, counted under the lock
         self.steps = 0  # forward passes over the batch so far
         self.lock = threading.Lock()
@@ -136,6 +138,9 @@ class Engine:
             self.thread = None
         for seq in [*self.live, *self.waiting]:
             seq.sink([Failed("the server is shutting down")])
+        for _, future in self.calls:
+            future.set_exception(EngineStopped("the server is shutting down"))
+        self.calls.clear()
         self.live.clear()
         self.waiting.clear()
 
@@ -153,6 +158,19 @@ class Engine:
             self.waiting.extend(sequences)
             self.wake.notify()
 
+    def call(self, fn: Callable):
+        """fn() run in the worker thread between two steps, where nothing else uses the model (the
+        playground's inspection hooks the model for one forward pass); its result, or its exception."""
+        future = Future()
+        with self.lock:
+            if self.stopping:
+                raise EngineStopped("the server is shutting down")
+            worker = self.thread is not None  # without one, nothing else runs the model
+            if worker:
+                self.calls.append((fn, future))
+                self.wake.notify()
+        return future.result() if worker else fn()
+
     def stats(self) -> dict[str, int]:
         return {
             "running": self.rows_taken,
@@ -168,16 +186,22 @@ class Engine:
         with torch.inference_mode():
             while True:
                 with self.lock:
-                    while not self.stopping and not self.waiting and not self.live:
+                    while not self.stopping and not self.waiting and not self.live and not self.calls:
                         self.wake.wait()
                     if self.stopping:
                         return
+                    calls, self.calls = self.calls, deque()
                     admitted = []
                     while self.waiting and self.rows_taken < self.max_batch:
                         seq = self.waiting.popleft()
                         if not seq.cancelled:
                             admitted.append(seq)
                             self.rows_taken += 1
+                for fn, future in calls:
+                    try:
+                        future.set_result(fn())
+                    except Exception as e:  # the caller's to handle
+                        future.set_exception(e)
                 try:
                     self._step(admitted)
                 except Exception as e:  # a failed step fails the sequences in it, not the server

@@ -64,6 +64,7 @@ def serve(
         shown = f"[{host}]" if ":" in host else host
         name = app.state.server.name
         print(f"gptlab: serving {name!r} at http://{shown}:{sock.getsockname()[1]}/v1 (OpenAI API); Ctrl-C stops")
+        print(f"gptlab: the playground is at http://{shown}:{sock.getsockname()[1]}/")
         if not is_loopback(host) and api_key is None:
             print(
                 f"gptlab: warning: {host} is reachable from other machines and no --api-key is set: anyone who can "
