@@ -410,7 +410,7 @@ CASES = {
     "prepare over an existing data directory": (prepare_over_existing_data, "--overwrite"),
     "not a data directory": (not_a_data_directory, "gptlab prepare"),
     "corpus shorter than block_size + 1": (corpus_shorter_than_block, "fewer than block_size + 1"),
-    "val split empty (data directory)": (val_split_empty, "val split is empty"),
+    "token files emptied after prepare": (val_split_empty, "were cut or changed after `gptlab prepare`"),
     "batch larger than the data": (batch_larger_than_data, "--batch_size"),
     "unknown preset": (unknown_preset, "unknown preset"),
     "unknown config key in a preset file": (unknown_key_in_preset_file, "unknown config key 'n_layers'"),

@@ -62,9 +62,8 @@ def test_every_file_and_directory_is_fsynced_and_checksummed(saver, monkeypatch)
 def test_a_save_that_dies_midway_leaves_the_previous_checkpoint(saver, monkeypatch):
     saver(1)
 
-    def dies_after_half(obj, path, *args, **kwargs):
-        with open(path, "wb") as f:
-            f.write(b"\x80\x02half a pickle")
+    def dies_after_half(obj, f, *args, **kwargs):
+        f.write(b"\x80\x02half a pickle")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(checkpoint.torch, "save", dies_after_half)
@@ -84,9 +83,8 @@ def test_a_crash_between_the_two_renames_falls_back_to_the_previous_checkpoint(s
 def test_disk_full_while_saving_fails_cleanly_and_keeps_the_previous_checkpoint(saver, monkeypatch):
     saver(1)
 
-    def disk_full(obj, path, *args, **kwargs):
-        with open(path, "wb") as f:
-            f.write(b"\x80\x02partial")
+    def disk_full(obj, f, *args, **kwargs):
+        f.write(b"\x80\x02partial")
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(checkpoint.torch, "save", disk_full)

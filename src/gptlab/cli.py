@@ -17,11 +17,14 @@ gptlab export-hf RUN_OR_CHECKPOINT OUT_DIR     gptlab checkpoint -> Hugging Face
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from gptlab.config import build_config, field_types, preset_names
-from gptlab.errors import GptlabError
+from gptlab.errors import GptlabError, Terminated, os_error_message
 
 
 class Parser(argparse.ArgumentParser):
@@ -359,6 +362,12 @@ def add_eval(sub) -> None:
     )
     p.add_argument("--data", type=Path, help="data directory (default: the one the run was trained on)")
     p.add_argument("--max-tokens", type=int, help="evaluate only the first N tokens of the split")
+    p.add_argument(
+        "--encoding-errors",
+        choices=["strict", "replace"],
+        default="strict",
+        help="--text with invalid UTF-8: stop with the file and byte offset (strict), or replace with U+FFFD",
+    )
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_eval)
 
@@ -373,7 +382,7 @@ def load_for_eval(args):
 
 
 def cmd_eval(args) -> None:
-    from gptlab.data.sources import read_blocks
+    from gptlab.data.sources import read_blocks, text_file
     from gptlab.evaluation.eval import evaluate_split, evaluate_text
 
     if args.max_tokens is not None and args.max_tokens < 2:
@@ -381,9 +390,8 @@ def cmd_eval(args) -> None:
     ckpt = load_for_eval(args)
     if args.text:
         for path in args.text:
-            if not path.is_file():
-                raise GptlabError(f"{path}: no such file")
-            print(evaluate_text(ckpt, "".join(read_blocks(path)), str(path)).summary())
+            text = "".join(read_blocks(text_file(path), args.encoding_errors))  # a pipe, <(command), is read once
+            print(evaluate_text(ckpt, text, str(path)).summary())
         return
     print(evaluate_split(ckpt, args.split, args.data, args.max_tokens).summary())
     if args.split == "val" and "val_loss" in ckpt.info:
@@ -530,16 +538,44 @@ def build_parser() -> Parser:
     return parser
 
 
+def raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def silence_stdout() -> None:
+    """After the reader of a pipe left: send what is still buffered nowhere, so exiting raises nothing more."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # not a real file (captured by a test)
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. The error boundary: a GptlabError or an OS error (permissions, a full disk, a path
+    that is a file or a folder where the other was expected, ...) is one line and exit 2; a closed pipe
+    (`gptlab sample ... | head`) ends quietly; Ctrl-C and SIGTERM clean up and exit 130 / 143. --debug
+    shows the traceback instead."""
     args = build_parser().parse_args(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, raise_terminated) if in_main_thread else None
     try:
         args.func(args)
-    except GptlabError as e:
+    except BrokenPipeError:
+        silence_stdout()
+        return 128 + signal.SIGPIPE
+    except (GptlabError, OSError) as e:
         if args.debug:
             raise
-        print(f"gptlab {args.command}: error: {e}", file=sys.stderr)
-        return e.exit_code
+        message = os_error_message(e) if isinstance(e, OSError) else str(e)
+        print(f"gptlab {args.command}: error: {message}", file=sys.stderr)
+        return e.exit_code if isinstance(e, GptlabError) else 2
     except KeyboardInterrupt:
         print(f"gptlab {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Terminated as e:
+        print(f"gptlab {args.command}: stopped by SIGTERM", file=sys.stderr)
+        return e.exit_code
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0

@@ -18,6 +18,7 @@ import torch
 from gptlab.checkpoint import Checkpoint, RunDir
 from gptlab.errors import GptlabError
 from gptlab.evaluation.eval import evaluate_ids, split_ids
+from gptlab.outputs import check_output_folder
 from gptlab.training.metrics import read_metrics
 
 SHOWN = {" ": "␣", "\n": "↵", "\t": "⇥"}  # whitespace drawn as a visible glyph
@@ -346,6 +347,9 @@ def draw(
 ) -> list[Path]:
     """Draw the named pictures of `ckpt` into the folder `out`; returns the files written."""
     out = Path(out)
+    check_output_folder(out)
+    if top < 1:
+        raise GptlabError(f"--top must be at least 1, got {top}")
     written = []
     if "attention" in pictures:
         written.append(plot_attention(ckpt, prompt, out / "attention.png", layers))

@@ -10,6 +10,7 @@ for piece in lm.stream("JULIET:", stop=["\\n\\n"]):
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -100,10 +101,12 @@ class TextGenerator:
 
 def load(path: str | Path, device: str = "auto", **settings) -> TextGenerator:
     """A TextGenerator for a run directory (its best checkpoint) or a checkpoint directory."""
-    from gptlab.checkpoint import load_checkpoint
+    from gptlab.checkpoint import is_untrained_best, load_checkpoint, untrained_best
     from gptlab.device import resolve_device, setup_device
 
     dev = resolve_device(device)
     setup_device(dev)
     ckpt = load_checkpoint(path, dev)
+    if is_untrained_best(ckpt):
+        print(f"note: {untrained_best(ckpt.dir)}", file=sys.stderr)
     return TextGenerator(ckpt.model, ckpt.tokenizer, SamplingSettings(**settings).validate())

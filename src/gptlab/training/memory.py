@@ -4,34 +4,14 @@ gradients, AdamW's two moments, and the activations one micro-batch keeps for ba
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from gptlab.config import RunConfig
+from gptlab.device import available_memory
 from gptlab.errors import GptlabError
 from gptlab.models.info import training_memory
 
 GiB = 2**30
-
-
-def available_memory(device: torch.device) -> int | None:
-    """Bytes free for training on `device` now, or None where it cannot be told."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    if device.type == "mps":
-        return torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory()
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def check_memory(cfg: RunConfig, device: torch.device) -> dict[str, int]:

@@ -18,9 +18,7 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import signal
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,15 +28,19 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from gptlab.atomic import complete_directory, remove_directory, verify_directory, write_text_atomic
+from gptlab.atomic import atomic_directory, complete_directory, remove_directory, verify_directory, write_text_atomic
 from gptlab.checkpoint import (
+    RUN_OUTPUT,
     TRAINER_STATE,
     RunDir,
+    check_same_tokenizer,
+    find_data_dir,
     keep_history,
     load_checkpoint,
     load_trainer_state,
     read_info,
     save_checkpoint,
+    untrained_best,
 )
 from gptlab.config import RunConfig, field_types, set_field
 from gptlab.data.batches import TokenData
@@ -48,6 +50,7 @@ from gptlab.errors import GptlabError
 from gptlab.generation.generate import generate
 from gptlab.models import GPT, build_model
 from gptlab.models.info import flops_per_token
+from gptlab.outputs import check_output_dir, claim_output
 from gptlab.tokenizers import load_tokenizer
 from gptlab.training.distributed import (
     SINGLE,
@@ -102,47 +105,40 @@ def estimate_loss(
     return out
 
 
-def prepare_run_dir(out_dir: Path, overwrite: bool, record: dict[str, Any]) -> None:
-    """Create the run directory with its config.json in one rename, so a crash never leaves a run
-    directory without it (which --overwrite would then refuse as "not a gptlab run")."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise GptlabError(
-                f"{out_dir} already holds files; choose another --out, pass --overwrite to replace that run, or "
-                "--resume it"
-            )
-        if not RunDir(out_dir).is_run():
-            raise GptlabError(
-                f"{out_dir} is not empty and is not a gptlab run; refusing to overwrite it, choose another --out"
-            )
-        remove_directory(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary directory
-    write_text_atomic(RunDir(tmp).config, json.dumps(record, indent=2) + "\n")
-    if out_dir.exists():
-        out_dir.rmdir()  # empty: the rename takes its place
-    os.replace(tmp, out_dir)
+def create_run_dir(run_dir: Path, record: dict[str, Any]) -> None:
+    """Create (or replace) the run directory with its config.json in one atomic step, so a crash never
+    leaves a run directory without it (which --overwrite would then refuse as "not a gptlab run")."""
+    with atomic_directory(run_dir, checksums=False) as tmp:
+        RunDir(tmp).config.write_text(json.dumps(record, indent=2) + "\n")
 
 
-def check_same_tokens(data: TokenData, info: dict[str, Any], ckpt_dir: Path, text: bool) -> None:
-    """The data directory must use the checkpoint's tokenizer (and, with text=True, hold the same text)."""
-    tok, theirs = data.meta["tokenizer"], info["tokenizer"]
-    same_tokenizer = (
-        (tok["kind"], tok["vocab_size"]) == (theirs["kind"], theirs["vocab_size"])
-        and (data.dir / tok["file"]).read_bytes() == (ckpt_dir / theirs["file"]).read_bytes()  # the vocabulary itself
-    )
-    if not same_tokenizer:
-        raise GptlabError(
-            f"{data.dir} was prepared with another tokenizer than {ckpt_dir} ({tok['kind']}, vocab {tok['vocab_size']} "
-            f"vs {theirs['kind']}, vocab {theirs['vocab_size']}); use data prepared with the checkpoint's tokenizer"
-        )
-    if text and data.meta["content_sha256"] != info["data"]["content_sha256"]:
+def run_record(cfg: RunConfig, run_dir: Path, data_dir: Path, **more: Any) -> dict[str, Any]:
+    """The run's config.json: its config, and where its data is (absolute, and relative to the run)."""
+    where = RunDir(run_dir).data_record(data_dir)
+    return {"run": cfg.to_dict(), "data_dir": where["dir"], "data_dir_from_run": where["from_run"], **more}
+
+
+def check_same_text(data: TokenData, info: dict[str, Any], ckpt_dir: Path) -> None:
+    """A resumed run must go on with the text it was trained on."""
+    if data.meta["content_sha256"] != info["data"]["content_sha256"]:
         raise GptlabError(
             f"{data.dir} holds other text than the run in {ckpt_dir.parent} was trained on (content hash differs); "
             "resume with the original data (--data DIR), or start a new run with --init-from"
         )
+
+
+def build_trainer(cfg: RunConfig, data: TokenData, run_dir: Path, me: Dist, device: torch.device) -> Trainer:
+    """The Trainer, whose model and optimizer are the first large allocations: a failure is one line, and
+    comes before the run directory is created."""
+    try:
+        return Trainer(cfg, data, run_dir, me, device)
+    except RuntimeError as e:  # torch.OutOfMemoryError (CUDA) is one; the CPU allocator raises a plain one
+        if "alloc" not in str(e).lower():
+            raise
+        raise GptlabError(
+            f"the model does not fit in the memory of {device} ({str(e).splitlines()[0][:160]}); lower --batch_size, "
+            "--block_size or the model size; `gptlab info` shows the estimate"
+        ) from None
 
 
 class Trainer:
@@ -186,7 +182,7 @@ class Trainer:
         self.tokenizer_file = tokenizer_path(data.dir, data.meta)
         self.info = {
             "tokenizer": data.meta["tokenizer"],
-            "data": {"dir": str(data.dir), "content_sha256": data.meta["content_sha256"]},
+            "data": {**self.run_dir.data_record(data.dir), "content_sha256": data.meta["content_sha256"]},
         }
         self.tokens_per_step = tc.batch_size * tc.grad_accum * cfg.model.block_size
         self.flops_per_token = flops_per_token(cfg.model)
@@ -235,7 +231,8 @@ class Trainer:
                     "same data order, new dropout randomness"
                 )
 
-    def save_last(self) -> None:
+    def save_last(self, losses: dict[str, float] | None = None) -> None:
+        self.check_weights(losses)  # a checkpoint is written only from weights known to be good
         state = self.state_dict()  # on every rank: it gathers
         if self.me.is_main:
             save_checkpoint(
@@ -305,6 +302,37 @@ class Trainer:
         self.step += 1
         return loss_sum / len(batches), lr
 
+    @torch.no_grad()
+    def probe_loss(self) -> float:
+        """The loss of the current weights on one fixed validation batch (its own generator: no RNG moves)."""
+        gen = torch.Generator().manual_seed(self.tc.seed + 1)
+        x, y = self.data.get_batch("val", self.tc.batch_size, self.cfg.model.block_size, gen, self.device)
+        was_training = self.model.training
+        self.model.eval()
+        with autocast(self.device, self.tc.dtype):
+            _, loss = self.model(x, y)
+        self.model.train(was_training)
+        return loss.item()
+
+    def check_weights(self, losses: dict[str, float] | None = None) -> None:
+        """Good weights are finite and give a finite loss (`losses` computed with them, else one probe batch).
+        Checked before every checkpoint is written, so a diverged update (weights of 1e30 are finite, their
+        loss is not) is never saved nor named as the last good checkpoint. Collective under torchrun."""
+        finite = all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+        values = list(losses.values()) if losses is not None else ([self.probe_loss()] if finite else [])
+        finite = finite and all(math.isfinite(v) for v in values)
+        if sum_over_ranks(self.me, torch.tensor(float(finite), device=self.device)).item() == self.me.world_size:
+            return
+        raise GptlabError(
+            f"the weights went bad by step {self.step} (non-finite, or a non-finite loss: an update diverged); "
+            f"nothing was saved at this step and {self.last_good()}; lower --learning_rate (or raise --warmup_iters)"
+        )
+
+    def last_good(self) -> str:
+        if self.saved_step is None:
+            return "no checkpoint was saved yet"
+        return f"the last good checkpoint is {self.run_dir.last} (step {self.saved_step})"
+
     def update_is_finite(self, loss_sum: torch.Tensor) -> bool:
         """Whether this step's update may be applied. A NaN or inf loss (on any process) either stops
         training before the update (nonfinite_loss "stop": the weights and every checkpoint stay good)
@@ -314,17 +342,13 @@ class Trainer:
             return True
         step = self.step + 1
         if self.tc.nonfinite_loss == "skip":
+            self.check_weights()  # bad weights make every later loss non-finite: skipping cannot help
             if self.me.is_main:
                 tqdm.write(f"warning: the loss is {value} at step {step}; skipped that update (--nonfinite_loss skip)")
                 self.metrics.write("skipped", step, reason="non-finite loss")
             return False
-        last_good = (
-            f"the last good checkpoint is {self.run_dir.last} (step {self.saved_step})"
-            if self.saved_step is not None
-            else "no checkpoint was saved yet"
-        )
         raise GptlabError(
-            f"the loss became {value} at step {step}; training stopped before applying it and {last_good}; "
+            f"the loss became {value} at step {step}; training stopped before applying it and {self.last_good()}; "
             "lower --learning_rate (or raise --warmup_iters), or pass --nonfinite_loss skip to skip such steps"
         )
 
@@ -342,7 +366,7 @@ class Trainer:
         self.losses = estimate_loss(self.model, self.data, self.cfg, self.device, me=self.me)
         improved = self.losses["val"] < self.best_val
         self.best_val = min(self.best_val, self.losses["val"])
-        self.save_last()
+        self.save_last(self.losses)
         if not self.me.is_main:
             return
         self.metrics.write("eval", self.step, train_loss=self.losses["train"], val_loss=self.losses["val"])
@@ -447,6 +471,8 @@ class Trainer:
                 f"done: {tc.max_iters} steps in {seconds:.1f}s, best val loss {self.best_val:.4f}; checkpoints in "
                 f"{self.run_dir.path}"
             )
+            if read_info(self.run_dir.best).get("step") == 0 and self.step > 0:
+                tqdm.write(f"note: {untrained_best(self.run_dir.best)}")
         return TrainResult(
             self.run_dir.path, tc.max_iters, self.best_val, self.losses["val"], self.losses["train"], seconds
         )
@@ -464,12 +490,17 @@ def train(
 
     init_from: a checkpoint (or run directory) whose weights and architecture the run starts from
     (fine-tuning); cfg.model.dropout still applies, the optimizer starts fresh at step 0.
+    Everything is checked, and the model built, before the run directory is created; a start that
+    fails before its first checkpoint removes it again.
     """
+    run_dir = Path(out_dir)
+    inputs = [data_dir, *([init_from] if init_from is not None else [])]
+    check_output_dir(run_dir, RUN_OUTPUT, overwrite, inputs)  # first: a refused --out costs nothing
     data = TokenData(data_dir)
     start = None
     if init_from is not None:
         start = load_checkpoint(init_from)
-        check_same_tokens(data, start.info, start.dir, text=False)
+        check_same_tokenizer(data.dir, data.meta, start.dir, start.info)
         cfg.model = dataclasses.replace(start.config.model, dropout=cfg.model.dropout)
     cfg.model.vocab_size = data.vocab_size
     cfg.validate()
@@ -478,21 +509,19 @@ def train(
     try:
         setup_device(device, cfg.train.tf32)
         check_memory(cfg, device)
-        run_dir = Path(out_dir)
-
-        def make_run_dir() -> None:
-            record = {
-                "run": cfg.to_dict(),
-                "data_dir": str(data_dir),
-                **({"init_from": str(start.dir)} if start else {}),
-            }
-            prepare_run_dir(run_dir, overwrite, record)
-
-        on_main(me, make_run_dir)
-        trainer = Trainer(cfg, data, run_dir, me, device)
-        if start is not None:
-            trainer.model.load_state_dict(start.model.state_dict())
-        return trainer.run(progress)
+        with contextlib.ExitStack() as held:
+            on_main(me, lambda: held.enter_context(claim_output(run_dir, RUN_OUTPUT, overwrite, inputs)))
+            trainer = build_trainer(cfg, data, run_dir, me, device)
+            if start is not None:
+                trainer.model.load_state_dict(start.model.state_dict())
+            record = run_record(cfg, run_dir, data.dir, **({"init_from": str(start.dir)} if start else {}))
+            on_main(me, lambda: create_run_dir(run_dir, record))
+            try:
+                return trainer.run(progress)
+            except BaseException:
+                if trainer.saved_step is None and me.is_main:
+                    remove_directory(run_dir)  # a start that failed before its first checkpoint leaves nothing
+                raise
     finally:
         shutdown_distributed()
 
@@ -504,7 +533,10 @@ def resume(
     and RNG states all come back, so (on CPU) the losses are the ones an uninterrupted run logs.
 
     overrides: train settings to change (e.g. a larger max_iters); the model cannot change.
-    data_dir: where the data is now, if it moved (it must hold the same text and tokenizer).
+    data_dir: where the data is now, if it moved (it must hold the same text and tokenizer); by
+    default the recorded one, or the same place relative to the run if the run moved with it.
+    The token files are verified against meta.json, and the (possibly new) batch size against the
+    data and the device's memory, before the run is locked and continued.
     """
     run = RunDir(run_dir)
     record = run.read_record()
@@ -526,9 +558,12 @@ def resume(
         set_field(cfg, key, value)
     cfg.validate()
     if data_dir is None:
-        data_dir = record["data_dir"]
+        recorded = {"dir": record.get("data_dir"), "from_run": record.get("data_dir_from_run")}
+        data_dir = find_data_dir(recorded, [run.path], run.config)
     data = TokenData(data_dir)
-    check_same_tokens(data, info, ckpt_dir, text=True)
+    check_same_tokenizer(data.dir, data.meta, ckpt_dir, info)
+    check_same_text(data, info, ckpt_dir)
+    data.check_fits(cfg.model.block_size, cfg.train.batch_size)
     state = load_trainer_state(ckpt_dir)
     if state["step"] >= cfg.train.max_iters:
         raise GptlabError(
@@ -537,17 +572,21 @@ def resume(
     me, device = init_distributed(cfg.train.device)
     try:
         setup_device(device, cfg.train.tf32)
+        check_memory(cfg, device)  # a larger --batch_size than the run started with is checked too
+        with contextlib.ExitStack() as held:
+            on_main(me, lambda: held.enter_context(claim_output(run.path)))  # no other process in this run
+            ckpt_dir = complete_directory(run.last)  # claiming put back a .last.old a killed save left aside
 
-        def rewind_run_dir() -> None:
-            truncate_metrics(run_dir, state["step"])
-            write_text_atomic(
-                run.config, json.dumps({**record, "run": cfg.to_dict(), "data_dir": str(data_dir)}, indent=2) + "\n"
-            )
+            def rewind_run_dir() -> None:
+                truncate_metrics(run_dir, state["step"])
+                write_text_atomic(
+                    run.config, json.dumps({**record, **run_record(cfg, run.path, data.dir)}, indent=2) + "\n"
+                )
 
-        on_main(me, rewind_run_dir)
-        trainer = Trainer(cfg, data, run_dir, me, device)
-        trainer.model.load_state_dict(load_checkpoint(ckpt_dir).model.state_dict())
-        trainer.load_state_dict(state)
-        return trainer.run(progress)
+            trainer = build_trainer(cfg, data, run_dir, me, device)
+            trainer.model.load_state_dict(load_checkpoint(ckpt_dir).model.state_dict())
+            trainer.load_state_dict(state)
+            on_main(me, rewind_run_dir)
+            return trainer.run(progress)
     finally:
         shutdown_distributed()
