@@ -29,7 +29,13 @@ def write_docs(folder, texts: dict[str, str]):
 def test_prepare_writes_memmap_tokens_tokenizer_and_meta(corpus_file, tmp_path):
     out = tmp_path / "data"
     meta = prepare([str(corpus_file)], out)
-    assert sorted(p.name for p in out.iterdir()) == ["checksums.json", "meta.json", "tokenizer.json", "train.bin", "val.bin"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checksums.json",
+        "meta.json",
+        "tokenizer.json",
+        "train.bin",
+        "val.bin",
+    ]
     assert meta == json.loads((out / "meta.json").read_text())
     assert meta["dtype"] == "uint16" and meta["split"]["method"] == "position"
     assert meta["shards"] == {"train": ["train.bin"], "val": ["val.bin"]}

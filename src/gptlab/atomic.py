@@ -125,19 +125,37 @@ def exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
-def replace_directory(new: Path, final: Path) -> None:
-    """Put the directory `new` at `final`: whatever moment a kill lands, `final` is the old or the new one."""
+def replace_directory(new: Path, final: Path, keep_previous: bool = False) -> None:
+    """Put the directory `new` at `final`: whatever moment a kill lands, `final` is the old or the new one.
+    keep_previous: leave the old one at `.NAME.old` (for `restore_previous`) instead of removing it."""
     old = old_path(final)
+    remove_directory(old)  # a previous version a replacement killed halfway set aside: final is complete
     if not final.exists():
         os.rename(new, final)
-    elif exchange(new, final):
-        remove_directory(new)  # now the old one; a kill before its removal leaves a stale .NAME.*.tmp
+    elif exchange(new, final):  # `new` now holds the old one
+        if keep_previous:
+            os.replace(new, old)
+        else:
+            remove_directory(new)  # a kill before this leaves a stale .NAME.*.tmp, removed by the next claim
     else:
-        remove_directory(old)
         os.replace(final, old)
         os.replace(new, final)
     fsync_path(final.parent)
-    remove_directory(old)  # a previous version set aside (now, or by a replacement killed halfway) is not needed
+    if not keep_previous:
+        remove_directory(old)
+
+
+def restore_previous(final: Path) -> None:
+    """Undo a replacement made with keep_previous: the old directory back at `final` (or, if there was
+    none, `final` removed)."""
+    old = old_path(final)
+    if not old.is_dir():
+        remove_directory(final)
+    elif exchange(old, final):
+        remove_directory(old)
+    else:
+        remove_directory(final)
+        os.replace(old, final)
 
 
 def disk_error(e: BaseException) -> int | None:
@@ -158,9 +176,10 @@ def disk_error(e: BaseException) -> int | None:
 
 
 @contextmanager
-def atomic_directory(final: Path, checksums: bool = True) -> Iterator[Path]:
+def atomic_directory(final: Path, checksums: bool = True, keep_previous: bool = False) -> Iterator[Path]:
     """Yield an empty directory to fill; on success it replaces `final` whole (with checksums.json unless
-    checksums=False); on error or a signal it vanishes and `final` is as it was."""
+    checksums=False; see replace_directory for keep_previous); on error or a signal it vanishes and
+    `final` is as it was."""
     final = Path(final)
     if final.exists() and not final.is_dir():
         raise GptlabError(f"{final} is a file, not a directory; choose another path")
@@ -175,7 +194,7 @@ def atomic_directory(final: Path, checksums: bool = True) -> Iterator[Path]:
             path.chmod(0o666 & ~mask)  # 0644 as usual: some writers (safetensors) make their files private
             fsync_path(path)
         fsync_path(tmp)
-        replace_directory(tmp, final)
+        replace_directory(tmp, final, keep_previous)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         code = disk_error(e)

@@ -111,8 +111,8 @@ class RunDir:
     def data_record(self, data_dir: Path) -> dict[str, str]:
         """How config.json and each checkpoint record the data directory: its absolute path, and its path
         relative to the run, so that a run moved together with its data still finds it."""
-        data_dir = Path(data_dir).absolute()
-        return {"dir": str(data_dir), "from_run": os.path.relpath(data_dir, self.path.absolute())}
+        data_dir = os.path.abspath(data_dir)  # absolute and normalised (no "..")
+        return {"dir": data_dir, "from_run": os.path.relpath(data_dir, os.path.abspath(self.path))}
 
     def read_record(self) -> dict[str, Any]:
         """The run's config.json: {"run": RunConfig dict, "data_dir": ..., ...}."""
@@ -227,7 +227,7 @@ def resolve_checkpoint(path: Path) -> Path:
     path = Path(path)
     for candidate in (path, RunDir(path).best, RunDir(path).last):
         found = complete_directory(candidate)
-        if found is not None:
+        if found is not None and (found / WEIGHTS).is_file():  # not another complete directory (a data directory)
             return found
     if not path.exists():
         raise GptlabError(f"{path}: no such checkpoint or run directory")

@@ -123,8 +123,10 @@ def check_output_dir(
             )
         for given in inputs:
             if holds(resolved, Path(given).resolve()):
+                relation = "is" if Path(given).resolve() == resolved else "holds"
                 raise GptlabError(
-                    f"{final} holds {given}, which this command reads; refusing to replace it, choose another {flag}"
+                    f"{final} {relation} {given}, an input of this command; refusing to replace it, choose another "
+                    f"{flag}"
                 )
         if not kind.recognise(final):
             raise GptlabError(

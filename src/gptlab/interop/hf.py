@@ -345,13 +345,13 @@ def import_gpt2(src_dir: Path, out_dir: Path, tokenizer_file: Path | None = None
     inputs = [src] + ([tokenizer_file] if tokenizer_file else [])
     with claim_output(out, CHECKPOINT_OUTPUT, overwrite, inputs):
         cfg, files = read_hf_config(src), weight_files(src)  # cheap checks (config, file headers) before any loading
+        check_hf_weights_fit(cfg, files)
         tokenizer = import_gpt2_tokenizer(src, tokenizer_file)
         if tokenizer.vocab_size > cfg.vocab_size:
             raise GptlabError(
                 f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {cfg.vocab_size}; "
                 "give the tokenizer this model was trained with"
             )
-        check_hf_weights_fit(cfg, files)
         model = GPT(cfg)
         load_hf_weights(model, files)
         info = {
@@ -374,12 +374,12 @@ def export_hf(checkpoint: Path, out_dir: Path, overwrite: bool = False) -> Path:
     """A gptlab checkpoint (or run directory) -> a directory transformers' Auto* classes load offline."""
     from gptlab.interop.hf_tokenizers import save_hf_tokenizer
 
-    ckpt_dir = resolve_checkpoint(checkpoint)
-    problems = gpt2_incompatibilities(RunConfig.from_dict(read_info(ckpt_dir)["run"]).model)  # before loading weights
-    if problems:
-        raise GptlabError(f"{ckpt_dir} cannot be written as GPT-2: " + "; ".join(problems))
     out = Path(out_dir)
-    with claim_output(out, HF_EXPORT_OUTPUT, overwrite, inputs=[checkpoint, ckpt_dir], flag="OUT_DIR"):
+    with claim_output(out, HF_EXPORT_OUTPUT, overwrite, inputs=[checkpoint], flag="OUT_DIR"):
+        ckpt_dir = resolve_checkpoint(checkpoint)
+        problems = gpt2_incompatibilities(RunConfig.from_dict(read_info(ckpt_dir)["run"]).model)  # before the weights
+        if problems:
+            raise GptlabError(f"{ckpt_dir} cannot be written as GPT-2: " + "; ".join(problems))
         ckpt = load_checkpoint(ckpt_dir)
         cfg = ckpt.config.model
         with atomic_directory(out) as tmp:

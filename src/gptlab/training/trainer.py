@@ -20,6 +20,7 @@ import json
 import math
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,15 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from gptlab.atomic import atomic_directory, complete_directory, remove_directory, verify_directory, write_text_atomic
+from gptlab.atomic import (
+    atomic_directory,
+    complete_directory,
+    old_path,
+    remove_directory,
+    restore_previous,
+    verify_directory,
+    write_text_atomic,
+)
 from gptlab.checkpoint import (
     RUN_OUTPUT,
     TRAINER_STATE,
@@ -107,8 +116,9 @@ def estimate_loss(
 
 def create_run_dir(run_dir: Path, record: dict[str, Any]) -> None:
     """Create (or replace) the run directory with its config.json in one atomic step, so a crash never
-    leaves a run directory without it (which --overwrite would then refuse as "not a gptlab run")."""
-    with atomic_directory(run_dir, checksums=False) as tmp:
+    leaves a run directory without it (which --overwrite would then refuse as "not a gptlab run").
+    A replaced run stays aside as .NAME.old until the new one has its first checkpoint (start_failed)."""
+    with atomic_directory(run_dir, checksums=False, keep_previous=True) as tmp:
         RunDir(tmp).config.write_text(json.dumps(record, indent=2) + "\n")
 
 
@@ -188,6 +198,7 @@ class Trainer:
         self.flops_per_token = flops_per_token(cfg.model)
         self.peak_flops = peak_flops(device, tc.peak_flops)
         self.metrics: MetricsLog | None = None  # opened by run(), on rank 0
+        self.on_first_checkpoint: Callable[[], None] = lambda: None  # train() drops the run it replaced
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -421,6 +432,7 @@ class Trainer:
         try:
             if not self.losses:  # a new run: where it starts from
                 self.evaluate()
+                self.on_first_checkpoint()
             log_time, log_step = time.perf_counter(), self.step
             stop.install()
             while self.step < tc.max_iters:
@@ -516,11 +528,13 @@ def train(
                 trainer.model.load_state_dict(start.model.state_dict())
             record = run_record(cfg, run_dir, data.dir, **({"init_from": str(start.dir)} if start else {}))
             on_main(me, lambda: create_run_dir(run_dir, record))
+            if me.is_main:
+                trainer.on_first_checkpoint = lambda: remove_directory(old_path(run_dir))  # the replaced run
             try:
                 return trainer.run(progress)
             except BaseException:
                 if trainer.saved_step is None and me.is_main:
-                    remove_directory(run_dir)  # a start that failed before its first checkpoint leaves nothing
+                    restore_previous(run_dir)  # a start that failed before its first checkpoint: as it was
                 raise
     finally:
         shutdown_distributed()
