@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_flush_denormal(True)  # as gptlab does on CPU: denormals made backward passes 10-20x slower here
     if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # gptlab's setup_device keeps it (device.set_threads)
         torch.set_num_threads(args.threads)
     modules = load_modules(names)
 

@@ -21,6 +21,7 @@ Contenders are timed in alternation (common.interleaved); the table gives the me
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import torch
@@ -193,6 +194,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
     if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # gptlab's setup_device keeps it (device.set_threads)
         torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     print(run(args.quick))

@@ -40,7 +40,7 @@ def test_api_refuses_bad_input_with_a_message(checkpoint, tmp_path):
         lm.generate("ROMEO:", temperature=-1)
     with pytest.raises(GptlabError, match="at least 1"):
         lm.generate_batch("ROMEO:", 0)
-    with pytest.raises(TypeError):
+    with pytest.raises(GptlabError, match="unknown sampling setting temprature"):
         lm.generate("ROMEO:", temprature=0.5)  # a misspelt setting is not silently ignored
     with pytest.raises(GptlabError, match="no such checkpoint"):
         load(tmp_path / "missing")

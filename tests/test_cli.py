@@ -55,4 +55,6 @@ def test_unknown_flag_is_a_one_line_usage_error():
         env={**os.environ},
     )
     assert proc.returncode == 2
-    assert proc.stderr.count("\n") == 1 and "unrecognized arguments: --n_layers" in proc.stderr
+    assert proc.stderr.count("\n") == 1
+    assert "unrecognized arguments: --n-layers 3 (did you mean --n-layer?)" in proc.stderr
+    assert "see `gptlab train --help`" in proc.stderr  # the verb's own help lists its keys

@@ -32,9 +32,9 @@ def test_commands_change_the_settings_the_next_generation_uses(char_textgen):
         char_textgen,
         [
             "/temperature 0",
-            "/top_k 5",
-            "/top_p 0.9",
-            "/repetition_penalty 1.2",
+            "/top-k 5",
+            "/top_p 0.9",  # the underscore spelling works too
+            "/repetition-penalty 1.2",
             "/max 7",
             "/seed 3",
             "/settings",
@@ -44,9 +44,9 @@ def test_commands_change_the_settings_the_next_generation_uses(char_textgen):
     )
     s = char_textgen.settings
     assert (s.temperature, s.top_k, s.top_p, s.repetition_penalty, s.max_new_tokens, s.seed) == (0.0, 5, 0.9, 1.2, 7, 3)
-    assert "temperature 0.0, top_k 5, top_p 0.9, repetition_penalty 1.2, max 7, seed 3" in out
+    assert "temperature 0.0, top-k 5, top-p 0.9, repetition-penalty 1.2, max 7, seed 3" in out
     assert prompts == [PROMPT] * 8  # /quit left before the last line was read
-    drive(char_textgen, ["/top_k 0", "/top_p 1", "/seed"])
+    drive(char_textgen, ["/top-k 0", "/top-p 1", "/seed"])
     assert (s.top_k, s.top_p, s.seed) == (None, None, None)  # back to all tokens and a random seed
 
 
@@ -107,12 +107,12 @@ def test_empty_lines_unknown_commands_bad_values_and_unknown_characters_get_a_me
     assert out.count("empty line") == 2
     assert "unknown command /frobnicate; /help lists the commands" in out
     assert "/temperature needs a number, e.g. /temperature 0.7" in out
-    assert "error: temperature must be >= 0" in out and char_textgen.settings.temperature == 0.8  # unchanged
+    assert "error: --temperature must be at least 0" in out and char_textgen.settings.temperature == 0.8  # unchanged
     assert "/max needs a whole number" in out
-    assert "error: top-p must be in (0, 1]" in out
+    assert "error: --top-p must be in (0, 1]" in out
     assert "/seed needs a whole number" in out
     assert "not in this model's vocabulary: '€'" in out
-    assert "/repetition_penalty" in out and "Ctrl-C" in out  # the help text
+    assert "/repetition-penalty" in out and "Ctrl-C" in out  # the help text
     assert "Traceback" not in out
 
 

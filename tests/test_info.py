@@ -9,7 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from gptlab.checkpoint import load_config
 from gptlab.cli import main
-from gptlab.config import ModelConfig, build_config, load_preset
+from gptlab.config import ModelConfig, build_config, load_preset, preset_names
 from gptlab.models import build_model
 from gptlab.models.info import activation_floats_per_token, describe, flops_per_token, param_counts
 
@@ -86,16 +86,19 @@ def test_memory_estimate_adds_up_and_scales_with_batch():
 
 
 def test_info_cli_on_a_preset(capsys):
-    assert main(["info", "gpt2", "--batch_size", "4"]) == 0
+    assert main(["info", "gpt2", "--batch-size", "4"]) == 0
     out = capsys.readouterr().out
     assert "124,439,808" in out and "batch size 4" in out and "estimate" in out
 
 
-def test_info_asks_for_vocab_size_when_the_config_leaves_it_to_the_data(capsys):
-    assert main(["info", "shakespeare-char-cpu"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--vocab_size" in err
-    assert main(["info", "shakespeare-char-cpu", "--vocab_size", "65"]) == 0
+@pytest.mark.parametrize("preset", [p for p in preset_names() if not load_preset(p).model.vocab_size])
+def test_info_assumes_a_vocabulary_when_the_config_leaves_it_to_the_data_and_says_so(preset, capsys):
+    assert main(["info", preset]) == 0
+    out = capsys.readouterr().out
+    assert "vocab 65 (assumed: Tiny Shakespeare's characters" in out and "--vocab-size N" in out
+    assert main(["info", preset, "--vocab-size", "65"]) == 0
+    given = capsys.readouterr().out
+    assert "assumed" not in given and given.split("\n", 1)[1] == out.split("\n", 1)[1]  # the same numbers
 
 
 def test_info_reads_checkpoints_and_config_files(tmp_path, capsys):

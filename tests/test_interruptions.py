@@ -83,6 +83,7 @@ def test_a_signal_saves_a_checkpoint_and_says_how_to_resume(prepared, tmp_path, 
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 128 + sig
     assert f"stopped by {signal.Signals(sig).name} after step 3" in err and f"gptlab train --resume {run}" in err
+    assert "error" not in err  # a stop the user asked for is not reported as an error
     assert load_trainer_state(run / "last")["step"] == load_checkpoint(run / "last").info["step"] == 3
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers  # put back
 

@@ -16,7 +16,7 @@ def test_a_configuration_bigger_than_free_memory_is_refused_before_allocation(mo
     monkeypatch.setattr(memory, "available_memory", lambda device: need + 1)
     assert check_memory(cfg, torch.device("cpu"))["total"] == need
     monkeypatch.setattr(memory, "available_memory", lambda device: need - 1)
-    with pytest.raises(GptlabError, match=r"does not fit.*lower --batch_size"):
+    with pytest.raises(GptlabError, match=r"does not fit.*lower --batch-size"):
         check_memory(cfg, torch.device("cpu"))
 
 

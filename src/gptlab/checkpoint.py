@@ -40,9 +40,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 
 from gptlab.atomic import CHECKSUMS, atomic_directory, complete_directory, remove_directory, verify_directory
-from gptlab.config import ModelConfig, RunConfig, load_preset
+from gptlab.config import ModelConfig, RunConfig, json_kind, load_preset
 from gptlab.data.format import is_data_dir
-from gptlab.device import available_memory
+from gptlab.device import GiB, available_memory
 from gptlab.errors import GptlabError
 from gptlab.models import GPT, build_model
 from gptlab.models.info import build_on_meta
@@ -238,14 +238,24 @@ def resolve_checkpoint(path: Path) -> Path:
 
 
 def read_info(ckpt_dir: Path) -> dict[str, Any]:
-    """A checkpoint's config.json: {"run": RunConfig dict, "tokenizer": ..., ...}."""
+    """A checkpoint's config.json: {"run": RunConfig dict, "tokenizer": {...}, step, losses, ...}."""
     path = Path(ckpt_dir) / CONFIG
     try:
         info = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise GptlabError(f"{path} is corrupt; use another checkpoint") from None
-    if not isinstance(info, dict) or not isinstance(info.get("run"), dict):
-        raise GptlabError(f'{path} is not a gptlab checkpoint config (no "run" object); use another checkpoint')
+    if not isinstance(info, dict):
+        raise GptlabError(f"{path} holds {json_kind(info)} where a checkpoint's config object belongs; it is damaged")
+    if "run" not in info:
+        raise GptlabError(f"{path} has no 'run' object (the model's config); the checkpoint is damaged, use another")
+    expected = {"run": dict, "tokenizer": dict, "data": dict, "step": int, "train_loss": (int, float, type(None))}
+    expected["val_loss"] = expected["train_loss"]
+    for key, kind in expected.items():
+        if key in info and not isinstance(info[key], kind):
+            raise GptlabError(
+                f"{path} holds {json_kind(info[key])} for {key!r}, where {'an object' if kind is dict else 'a number'} "
+                "belongs; the checkpoint is damaged, use another"
+            )
     return info
 
 
@@ -277,7 +287,7 @@ def check_weights_fit(cfg: ModelConfig, shapes: dict[str, tuple[int, ...]], weig
     free = available_memory(torch.device(device))
     if free is not None and need > free:
         raise GptlabError(
-            f"the model in {weights.parent} needs {need / 2**30:,.1f} GiB but {free / 2**30:,.1f} GiB is free on "
+            f"the model in {weights.parent} needs {need / GiB:,.1f} GiB but {free / GiB:,.1f} GiB is free on "
             f"{device}; free some memory or use a device with more"
         )
 
@@ -286,7 +296,10 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Checkpoin
     ckpt_dir = resolve_checkpoint(path)
     verify_directory(ckpt_dir)
     info = read_info(ckpt_dir)
-    cfg = RunConfig.from_dict(info.pop("run"))
+    kind = info.get("tokenizer", {}).get("kind")
+    if not isinstance(kind, str):
+        raise GptlabError(f"{ckpt_dir / CONFIG} does not say which tokenizer the model uses; the checkpoint is damaged")
+    cfg = RunConfig.from_dict(info.pop("run"), source=str(ckpt_dir / CONFIG))
     weights = ckpt_dir / WEIGHTS
     check_weights_fit(cfg.model, weight_shapes(weights), weights, device)
     model = build_model(cfg.model)
@@ -296,7 +309,9 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Checkpoin
             f"{weights} does not match its config.json (missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
     model.to(device).eval()
-    tokenizer = load_tokenizer(info["tokenizer"]["kind"], ckpt_dir)
+    tokenizer = load_tokenizer(kind, ckpt_dir)
+    # what the directory holds, for the stages that compare tokenizers by file
+    info["tokenizer"] = {**info["tokenizer"], "file": tokenizer.file_name, "vocab_size": tokenizer.vocab_size}
     if tokenizer.vocab_size != cfg.model.vocab_size:
         raise GptlabError(
             f"the tokenizer in {ckpt_dir} has a vocabulary of {tokenizer.vocab_size} but the model was trained with "
@@ -342,7 +357,8 @@ def load_config(source: str | Path, vocab_size: int | None = None) -> RunConfig:
     """The RunConfig of a checkpoint or run directory, a config .json, a preset .yaml or a preset name."""
     path = Path(source)
     if path.is_dir():
-        cfg = RunConfig.from_dict(read_info(resolve_checkpoint(path))["run"])
+        ckpt_dir = resolve_checkpoint(path)
+        cfg = RunConfig.from_dict(read_info(ckpt_dir)["run"], source=str(ckpt_dir / CONFIG))
     elif path.suffix == ".json" and path.is_file():
         try:
             data = json.loads(path.read_text())
@@ -350,7 +366,9 @@ def load_config(source: str | Path, vocab_size: int | None = None) -> RunConfig:
             raise GptlabError(
                 f"{path} is not valid JSON; give a gptlab config.json, a preset or a checkpoint"
             ) from None
-        cfg = RunConfig.from_dict(data.get("run", data))  # a run's / checkpoint's config.json, or a bare RunConfig
+        if isinstance(data, dict) and "run" in data:  # a run's / checkpoint's config.json, or a bare RunConfig
+            data = data["run"]
+        cfg = RunConfig.from_dict(data, source=str(path))
     else:
         cfg = load_preset(str(source))
     if vocab_size is not None:

@@ -6,40 +6,73 @@ gptlab train --data DIR --out RUN [--preset P] [--init-from CKPT] [--key value .
 gptlab train --resume RUN [--key value ...]     continue an interrupted run exactly
 gptlab sample RUN_OR_CHECKPOINT [--prompt TEXT] [--max-new-tokens N] ...
 gptlab chat RUN_OR_CHECKPOINT [--temperature T] ...      the >: console
-gptlab info PRESET_OR_CONFIG_OR_CHECKPOINT [--batch_size N] [--vocab_size N]
+gptlab info PRESET_OR_CONFIG_OR_CHECKPOINT [--batch-size N] [--vocab-size N]
 gptlab eval RUN_OR_CHECKPOINT [--text FILE ...]   loss, perplexity, bits per char/byte
 gptlab inspect RUN_OR_CHECKPOINT --out DIR [--prompt TEXT] [--compare RUN ...]   pictures
 gptlab report RUN                                 one Markdown page about a run
 gptlab import-gpt2 HF_DIR --out CHECKPOINT     Hugging Face GPT-2 directory -> gptlab checkpoint
 gptlab export-hf RUN_OR_CHECKPOINT OUT_DIR     gptlab checkpoint -> Hugging Face directory
+
+Flags are spelled with dashes (--max-new-tokens, --max-iters); the underscore spelling
+(--max_iters) is accepted everywhere too.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import signal
 import sys
 import threading
 from pathlib import Path
 
-from gptlab.config import build_config, field_types, preset_names
+from gptlab.config import build_config, field_ranges, field_types, preset_names
 from gptlab.errors import GptlabError, Terminated, os_error_message
 
 
+def dashed(argv: list[str]) -> list[str]:
+    """--max_iters -> --max-iters (and --max_iters=5 -> --max-iters=5): the one flag style, whichever
+    the user typed. Values are left alone, and so is everything after a bare `--`."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg == "--":
+            break
+        if arg.startswith("--"):
+            name, eq, value = arg.partition("=")
+            out[i] = name.replace("_", "-") + eq + value
+    return out
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (what is wrong, where to look) and exit code 2."""
+    """argparse with one flag style (dashes; underscores are read as dashes), and usage errors that
+    are one line naming the verb's own --help, with exit code 2."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        return super().parse_known_args(dashed(sys.argv[1:] if args is None else list(args)), namespace)
+
+    def parse_args(self, args=None, namespace=None):
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            verbs = next((a.choices for a in self._actions if isinstance(a, argparse._SubParsersAction)), {})
+            verb = verbs.get(getattr(ns, "command", None), self)
+            flags = [o for o in verb._option_string_actions if o.startswith("--")]
+            near = difflib.get_close_matches(extras[0].partition("=")[0], flags, n=1)
+            verb.error(f"unrecognized arguments: {' '.join(extras)}" + (f" (did you mean {near[0]}?)" if near else ""))
+        return ns
 
     def error(self, message: str):
         sys.stderr.write(f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
         sys.exit(2)
 
 
-def add_tokenizer_args(p, default: str | None) -> None:
+def add_tokenizer_args(p, default: str | None, default_text: str | None = None) -> None:
     from gptlab.tokenizers import KINDS
 
     g = p.add_argument_group("tokenizer")
-    g.add_argument("--tokenizer", default=default, choices=KINDS, help=f"tokenizer kind (default: {default})")
+    g.add_argument(
+        "--tokenizer", default=default, choices=KINDS, help=f"tokenizer kind (default: {default_text or default})"
+    )
     g.add_argument("--vocab-size", type=int, help="bpe: vocabulary size to train (default 4096)")
     g.add_argument(
         "--min-freq", type=int, help="word: keep words seen at least this often (default 1); rarer ones become <unk>"
@@ -111,7 +144,7 @@ def add_prepare(sub) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="seed for picking validation documents")
     p.add_argument("--overwrite", action="store_true", help="replace an existing data directory")
-    p.add_argument("--workers", type=int, help="processes that encode (default: one per core)")
+    p.add_argument("--workers", type=int, help="processes that encode (default: one per core this process may use)")
     p.add_argument("--shard-tokens", type=int, help="tokens per shard file (default 100,000,000)")
     p.add_argument(
         "--compare-png",
@@ -138,7 +171,7 @@ def cmd_prepare(args) -> None:
         cleaning=cleaning_rules(args),
         encoding_errors=args.encoding_errors,
         workers=args.workers,
-        shard_tokens=args.shard_tokens or SHARD_TOKENS,
+        shard_tokens=SHARD_TOKENS if args.shard_tokens is None else args.shard_tokens,
         progress=True,
         compare_png=args.compare_png,
     )
@@ -149,15 +182,16 @@ def add_tokenize(sub) -> None:
     p = sub.add_parser(
         "tokenize",
         help="show how a text splits into tokens and ids",
-        description="Show how a text splits into tokens and ids. With --data: that data directory's tokenizer; "
-        "else --tokenizer KIND (char/word/bpe are trained on SOURCES, default the bundled corpus).",
+        description="Show how a text splits into tokens and ids, offline. With --data: that data directory's "
+        "tokenizer; else --tokenizer KIND (char/word/bpe are trained on SOURCES, default the bundled corpus; gpt2 "
+        "reads --tokenizer-file).",
     )
     p.add_argument("text", help="the text to split")
     p.add_argument("--data", type=Path, help="a prepared data directory whose tokenizer to use")
     p.add_argument(
         "--sources", nargs="*", default=[], help="text to train char/word/bpe on (default: the bundled corpus)"
     )
-    add_tokenizer_args(p, "gpt2")
+    add_tokenizer_args(p, None, "bpe trained on SOURCES; gpt2 when --tokenizer-file is given")
     p.set_defaults(func=cmd_tokenize)
 
 
@@ -170,7 +204,8 @@ def cmd_tokenize(args) -> None:
     if args.data:
         tok = data_tokenizer(args.data)
     else:
-        tok = survey(Corpus(args.sources), args.tokenizer, tokenizer_options(args))["tokenizer"]
+        kind = args.tokenizer or ("gpt2" if args.tokenizer_file else "bpe")
+        tok = survey(Corpus(args.sources), kind, tokenizer_options(args))["tokenizer"]
     ids = tok.encode(args.text)
     per_token = f", {len(args.text) / len(ids):.2f} characters/token" if ids else ""
     print(
@@ -185,7 +220,7 @@ def add_train(sub) -> None:
         "train",
         help="train a model on a data directory",
         description="Train a GPT. Config = preset, then --key value overrides (keys below). "
-        "On N processes: torchrun --nproc_per_node N -m gptlab train ... (the same arguments).",
+        "On N processes: torchrun --nproc-per-node N -m gptlab train ... (the same arguments).",
     )
     p.add_argument(
         "--data", type=Path, help="data directory from `gptlab prepare` (with --resume: only if the data moved)"
@@ -205,19 +240,34 @@ def add_train(sub) -> None:
         metavar="CHECKPOINT",
         help="start a new run from these weights (fine-tuning); the model keys come from it",
     )
-    group = p.add_argument_group("config overrides (--key value)")
-    for key, (section, typ) in field_types().items():
-        dashed = [f"--{key.replace('_', '-')}"] if "_" in key else []  # --keep-last as well as --keep_last
-        group.add_argument(
-            f"--{key}", *dashed, dest=f"override_{key}", metavar=typ.__name__.upper(), help=f"{section}.{key}"
-        )
+    add_config_overrides(p)
     p.set_defaults(func=cmd_train)
+
+
+def add_config_overrides(p) -> None:
+    """Every config key as a flag, --max-iters N for max_iters (--max_iters too); `config_overrides`
+    collects what was given. Shared by the verbs that take a run's config (train, sweep)."""
+    group = p.add_argument_group("config overrides (--key value; the keys of the config's model and train sections)")
+    ranges = field_ranges()
+    for key, (section, typ) in field_types().items():
+        accepts = f": {ranges[key].describe()}" if key in ranges else ""
+        group.add_argument(
+            f"--{key.replace('_', '-')}",
+            dest=f"override_{key}",
+            metavar=typ.__name__.upper(),
+            help=f"{section}.{key}{accepts}",
+        )
+
+
+def config_overrides(args) -> dict[str, str]:
+    """{config key: value as typed} for the overrides given on the command line (add_config_overrides)."""
+    return {k[len("override_") :]: v for k, v in vars(args).items() if k.startswith("override_") and v is not None}
 
 
 def cmd_train(args) -> None:
     from gptlab.training.trainer import resume, train
 
-    overrides = {k[len("override_") :]: v for k, v in vars(args).items() if k.startswith("override_") and v is not None}
+    overrides = config_overrides(args)
     if args.resume:
         if args.out or args.preset or args.init_from or args.overwrite:
             raise GptlabError(
@@ -230,9 +280,9 @@ def cmd_train(args) -> None:
     if args.init_from:
         model_keys = sorted(k for k in overrides if field_types()[k][0] == "model" and k != "dropout")
         if model_keys:
+            flags = ", ".join(f"--{k.replace('_', '-')}" for k in model_keys)
             raise GptlabError(
-                f"--init-from takes the model from the checkpoint; drop --{', --'.join(model_keys)} (only --dropout "
-                "may change)"
+                f"--init-from takes the model from the checkpoint; drop {flags} (only --dropout may change)"
             )
     cfg = build_config(args.preset, overrides)
     train(cfg, args.data, args.out, overwrite=args.overwrite, init_from=args.init_from)
@@ -254,15 +304,27 @@ def add_sampling_args(p) -> None:
         "--stop", action="append", default=[], metavar="TEXT", help="end the text where TEXT appears (repeatable)"
     )
     p.add_argument("--seed", type=int, default=None, help="fix the random seed for a reproducible sample")
-    p.add_argument("--device", default="auto")
+    add_compute_args(p)
 
 
-def load_text_generator(args):
+def add_compute_args(p) -> None:
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch's CPU threads (default 0: OMP_NUM_THREADS if set, else the cores this process may use)",
+    )
+
+
+def load_text_generator(args, use_cache: bool = True):
     from gptlab.generation import load
 
     return load(
         args.checkpoint,
         args.device,
+        use_cache=use_cache,
+        threads=args.threads,
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
         top_k=args.top_k or None,
@@ -280,20 +342,31 @@ def add_sample(sub) -> None:
     p.add_argument("checkpoint", type=Path, help="run directory (uses its best checkpoint) or checkpoint directory")
     p.add_argument("--prompt", default="", help="text to continue (default: start of a new document)")
     p.add_argument("--num-samples", type=int, default=1, help="samples generated together as one batch")
+    p.add_argument(
+        "--truncate",
+        action="store_true",
+        help="a prompt longer than the model's context: keep its last block_size tokens (default: refuse it)",
+    )
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="recompute the whole window at every step instead of keeping a KV cache (slower; for teaching and "
+        "benchmarks)",
+    )
     add_sampling_args(p)
     p.set_defaults(func=cmd_sample)
 
 
 def cmd_sample(args) -> None:
-    lm = load_text_generator(args)
+    lm = load_text_generator(args, use_cache=not args.no_cache)
     if args.num_samples == 1:  # stream: text appears as it is generated
-        pieces = lm.stream(args.prompt)  # checks the prompt before anything is printed
+        pieces = lm.stream(args.prompt, truncate=args.truncate)  # checks the prompt before anything is printed
         print(args.prompt, end="", flush=True)
         for piece in pieces:
             print(piece, end="", flush=True)
         print()
         return
-    for i, text in enumerate(lm.generate_batch(args.prompt, args.num_samples)):
+    for i, text in enumerate(lm.generate_batch(args.prompt, args.num_samples, truncate=args.truncate)):
         print(f"--- sample {i + 1}")
         print(args.prompt + text)
 
@@ -330,10 +403,13 @@ def add_info(sub) -> None:
         "source", help=f"preset ({', '.join(preset_names())}), .yaml/.json config, run or checkpoint directory"
     )
     p.add_argument(
-        "--batch_size", type=int, default=None, help="batch size for the memory estimate (default: the config's)"
+        "--batch-size", type=int, default=None, help="batch size for the memory estimate (default: the config's)"
     )
     p.add_argument(
-        "--vocab_size", type=int, default=None, help="vocabulary size, for configs that take it from the data"
+        "--vocab-size",
+        type=int,
+        default=None,
+        help="vocabulary size, for configs that take it from the data (default: 65, Tiny Shakespeare's characters)",
     )
     p.set_defaults(func=cmd_info)
 
@@ -366,9 +442,9 @@ def add_eval(sub) -> None:
         "--encoding-errors",
         choices=["strict", "replace"],
         default="strict",
-        help="--text with invalid UTF-8: stop with the file and byte offset (strict), or replace with U+FFFD",
+        help="--text files with invalid UTF-8: stop with the file and byte offset (strict), or replace with U+FFFD",
     )
-    p.add_argument("--device", default="auto")
+    add_compute_args(p)
     p.set_defaults(func=cmd_eval)
 
 
@@ -377,7 +453,7 @@ def load_for_eval(args):
     from gptlab.device import resolve_device, setup_device
 
     device = resolve_device(args.device)
-    setup_device(device)
+    setup_device(device, threads=args.threads)
     return load_checkpoint(args.checkpoint, device)
 
 
@@ -431,7 +507,7 @@ def add_inspect(sub) -> None:
     p.add_argument(
         "--max-tokens", type=int, default=200_000, help="position-loss: first N tokens of the split (default 200000)"
     )
-    p.add_argument("--device", default="auto")
+    add_compute_args(p)
     p.set_defaults(func=cmd_inspect)
 
 
@@ -463,12 +539,20 @@ def add_report(sub) -> None:
     p.add_argument("run", type=Path, help="run directory written by `gptlab train`")
     p.add_argument("--out", type=Path, help="Markdown file to write (default RUN/report.md)")
     p.add_argument("--no-eval", action="store_true", help="skip evaluating the whole val split")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch's CPU threads (default 0: OMP_NUM_THREADS, else the cores available)",
+    )
     p.set_defaults(func=cmd_report)
 
 
 def cmd_report(args) -> None:
+    from gptlab.device import set_threads
     from gptlab.evaluation.report import write_report
 
+    set_threads(args.threads)
     print(f"wrote {write_report(args.run, args.out, evaluate=not args.no_eval)}")
 
 
@@ -566,9 +650,11 @@ def main(argv: list[str] | None = None) -> int:
     except (GptlabError, OSError) as e:
         if args.debug:
             raise
-        message = os_error_message(e) if isinstance(e, OSError) else str(e)
-        print(f"gptlab {args.command}: error: {message}", file=sys.stderr)
-        return e.exit_code if isinstance(e, GptlabError) else 2
+        if isinstance(e, OSError):
+            print(f"gptlab {args.command}: error: {os_error_message(e)}", file=sys.stderr)
+            return 2
+        print(f"gptlab {args.command}: {'error: ' if e.is_error else ''}{e}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print(f"gptlab {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -1,12 +1,15 @@
-"""Which device to run on and in what precision."""
+"""Which device to run on, with how many CPU threads, in what precision, and how much memory it has free."""
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+from pathlib import Path
 
 import torch
 
+from gptlab.config import MAX_THREADS
 from gptlab.errors import GptlabError
 
 
@@ -31,6 +34,69 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def available_cpus() -> int:
+    """The cores this process may actually use: its CPU affinity, capped by a cgroup CPU quota
+    (containers), shared out among torchrun's processes on this machine."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cpus = os.cpu_count() or 1
+    quota = cgroup_cpu_quota()
+    if quota is not None:
+        cpus = min(cpus, max(1, math.ceil(quota)))
+    return max(1, cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
+def cgroup_cpu_quota() -> float | None:
+    """CPUs' worth of time a cgroup allows per period (cgroup v2's cpu.max, else v1's cfs files), or None."""
+    cgroup = Path("/sys/fs/cgroup")
+    try:
+        quota, period = (cgroup / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int((cgroup / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((cgroup / "cpu" / "cpu.cfs_period_us").read_text())
+        return None if quota <= 0 else quota / period
+    except (OSError, ValueError):
+        return None
+
+
+def set_threads(threads: int = 0) -> int:
+    """torch's intra-op CPU threads: `threads`; with 0, OMP_NUM_THREADS where it is set, else the
+    cores available (available_cpus).
+
+    torch's own default ignores a container's CPU quota and torchrun's other processes, and
+    oversubscribed threads are very slow (two trainings on these 2 cores once crawled 400x slower).
+    Jobs that share a machine should each pass their share (threads=1 for two jobs on 2 cores)."""
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 0 <= threads <= MAX_THREADS:
+        raise GptlabError(
+            f"--threads must be a whole number in [0, {MAX_THREADS}] (0: the cores available), got {threads}"
+        )
+    if not threads:
+        omp = os.environ.get("OMP_NUM_THREADS", "")
+        threads = int(omp) if omp.isdigit() and int(omp) > 0 else available_cpus()
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads
+
+
+def setup_device(device: torch.device, tf32: bool = True, threads: int = 0) -> None:
+    set_threads(threads)
+    if device.type == "cpu":
+        # Denormal floats make CPU backward passes 10-20x slower after a few steps (measured here).
+        torch.set_flush_denormal(True)
+    if device.type == "cuda":
+        if device.index is not None:
+            torch.cuda.set_device(device)  # so that NCCL and new tensors use this process's GPU
+        # "high" lets float32 matmuls use TensorFloat-32 tensor cores (10-bit mantissa inputs).
+        torch.set_float32_matmul_precision("high" if tf32 else "highest")
+
+
+GiB = 2**30
+
+
 def available_memory(device: torch.device) -> int | None:
     """Bytes free on `device` now, or None where it cannot be told."""
     if device.type == "cuda":
@@ -48,17 +114,6 @@ def available_memory(device: torch.device) -> int | None:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return None
-
-
-def setup_device(device: torch.device, tf32: bool = True) -> None:
-    if device.type == "cpu":
-        # Denormal floats make CPU backward passes 10-20x slower after a few steps (measured here).
-        torch.set_flush_denormal(True)
-    if device.type == "cuda":
-        if device.index is not None:
-            torch.cuda.set_device(device)  # so that NCCL and new tensors use this process's GPU
-        # "high" lets float32 matmuls use TensorFloat-32 tensor cores (10-bit mantissa inputs).
-        torch.set_float32_matmul_precision("high" if tf32 else "highest")
 
 
 def autocast_dtype(device: torch.device, dtype: str) -> torch.dtype | None:
@@ -82,7 +137,7 @@ def autocast(device: torch.device, dtype: str):
 
 
 # Dense bf16/fp16 tensor-core peaks (FLOP/s) from the vendors' data sheets, matched in order
-# against torch.cuda.get_device_name(); MFU is measured against these unless --peak_flops is set.
+# against torch.cuda.get_device_name(); MFU is measured against these unless --peak-flops is set.
 KNOWN_PEAK_FLOPS = (
     ("H100 PCIe", 756e12),
     ("H100", 989e12),  # SXM

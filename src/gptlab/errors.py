@@ -13,6 +13,7 @@ class GptlabError(Exception):
     """
 
     exit_code = 2
+    is_error = True  # False for a stop the user asked for (Ctrl-C, SIGTERM): reported without "error:"
 
 
 class Terminated(BaseException):

@@ -80,13 +80,13 @@ class TokenData:
             if len(arr) < block_size + 1:
                 raise GptlabError(
                     f"the {split} split has {len(arr)} tokens, fewer than block_size + 1 = {block_size + 1}; "
-                    "give more text or lower --block_size"
+                    "give more text or lower --block-size"
                 )
             windows = len(arr) - block_size
             if windows < batch_size:
                 raise GptlabError(
                     f"the {split} split holds only {windows} distinct windows of {block_size + 1} tokens, fewer than "
-                    f"--batch_size {batch_size}; lower --batch_size (or --block_size) or give more text"
+                    f"--batch-size {batch_size}; lower --batch-size (or --block-size) or give more text"
                 )
 
     def get_batch(

@@ -33,6 +33,7 @@ from gptlab.data.corpus import Corpus
 from gptlab.data.format import DATA_OUTPUT, FORMAT, shard_name, single_shard_name, token_dtype, write_meta
 from gptlab.data.sources import BUNDLED
 from gptlab.data.split import Span, split_documents
+from gptlab.device import available_cpus
 from gptlab.errors import GptlabError
 from gptlab.outputs import check_output_file, claim_output
 from gptlab.tokenizers import Tokenizer, load_tokenizer, tokenizer_class, train_tokenizer
@@ -242,7 +243,9 @@ def prepare(
     """
     out_dir = Path(out_dir)
     if shard_tokens < 1:
-        raise GptlabError(f"shard_tokens must be at least 1, got {shard_tokens}")
+        raise GptlabError(f"--shard-tokens must be at least 1, got {shard_tokens}")
+    if workers is not None and workers < 1:
+        raise GptlabError(f"--workers must be at least 1, got {workers}")
     options = {k: v for k, v in (tokenizer_options or {}).items() if v is not None}
     inputs = [s for s in sources if s != BUNDLED] + ([options["tokenizer_file"]] if "tokenizer_file" in options else [])
     if compare_png:
@@ -280,7 +283,7 @@ def write_data_dir(
     train, val, method = split_documents([found["lengths"][i] for i in kept], val_fraction, seed)
     train, val = ([Span(kept[s.doc], s.start, s.end) for s in spans] for spans in (train, val))
     dtype = token_dtype(tok.vocab_size)
-    workers = (os.cpu_count() or 1) if workers is None else workers
+    workers = available_cpus() if workers is None else workers
     use_pool = workers > 1 and sum(found["lengths"]) >= POOL_MIN_CHARS
 
     pool = None

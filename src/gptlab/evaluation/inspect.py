@@ -10,6 +10,7 @@ plot_residual_stream how much each attention and MLP branch writes into the resi
 
 from __future__ import annotations
 
+import math
 import unicodedata
 from pathlib import Path
 
@@ -133,8 +134,11 @@ def plot_attention(ckpt: Checkpoint, prompt: str, out: Path, layers: list[int] |
 @torch.no_grad()
 def next_token_distribution(ckpt: Checkpoint, prompt: str, temperature: float = 1.0) -> torch.Tensor:
     """Probabilities of every token coming next after the prompt, at a sampling temperature."""
-    if temperature <= 0:
-        raise GptlabError("temperature must be > 0 for a distribution (0 means greedy: all mass on the top token)")
+    if not (0 < temperature < math.inf):
+        raise GptlabError(
+            f"temperature must be a finite number > 0 for a distribution, got {temperature} (0 means greedy: all "
+            "mass on the top token)"
+        )
     ids = encode_prompt(ckpt, prompt)
     logits, _ = ckpt.model(torch.tensor([ids], device=next(ckpt.model.parameters()).device))
     return torch.softmax(logits[0, -1].float().cpu() / temperature, dim=-1)
@@ -346,6 +350,10 @@ def draw(
     compare: list[Path] = (),
 ) -> list[Path]:
     """Draw the named pictures of `ckpt` into the folder `out`; returns the files written."""
+    if top < 1:
+        raise GptlabError(f"--top must be at least 1 (candidates to show), got {top}")
+    if max_tokens < 2:
+        raise GptlabError(f"--max-tokens must be at least 2, got {max_tokens}")
     out = Path(out)
     check_output_folder(out)
     if top < 1:

@@ -1,13 +1,15 @@
 """The interactive console behind `gptlab chat`: type text at the `>:` prompt, the model continues it.
 
-Everything typed and generated so far is one running text (the model sees its last block_size
-tokens); /reset starts a new one. Commands change the sampling settings while it runs. Input and
-output are injected (a read_line function and a text stream), so tests drive it without a terminal.
+Everything typed and generated so far is one running text; /reset starts a new one. The window
+policy: the model is given the last block_size tokens of that text (TextGenerator's truncate=True),
+so a conversation goes on for as long as the user types, and the model remembers as much of it as its
+context holds. Commands change the sampling settings while it runs; a turn that fails for any reason
+prints one line and the conversation goes on. Input and output are injected (a read_line function
+and a text stream), so tests drive it without a terminal.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,26 +17,28 @@ from typing import TextIO
 
 from gptlab.atomic import write_text_atomic
 from gptlab.errors import GptlabError
+from gptlab.generation.sampling import sampling_settings
 from gptlab.generation.text import TextGenerator
 from gptlab.outputs import check_output_file
 
 PROMPT = ">: "
 
-# command -> (settings field, type)
+# command -> (settings field, type); commands are spelled like the flags (/top-k), /top_k works too
 SETTING_COMMANDS = {
     "temperature": ("temperature", float),
-    "top_k": ("top_k", int),
-    "top_p": ("top_p", float),
-    "repetition_penalty": ("repetition_penalty", float),
+    "top-k": ("top_k", int),
+    "top-p": ("top_p", float),
+    "repetition-penalty": ("repetition_penalty", float),
     "max": ("max_new_tokens", int),
 }
 
 HELP = """\
-Type some text and press Enter: the model continues it, streaming, and remembers the conversation.
+Type some text and press Enter: the model continues it, streaming, and remembers the conversation
+(as much of it as its context holds: it is given the last block_size tokens).
   /temperature T         randomness: 0 = always the most likely token, 1 = the model's own odds
-  /top_k K               sample among the K most likely tokens (0 = all)
-  /top_p P               sample among the most likely tokens that together reach probability P (1 = all)
-  /repetition_penalty R  > 1 makes tokens already in the text less likely (1 = off)
+  /top-k K               sample among the K most likely tokens (0 = all)
+  /top-p P               sample among the most likely tokens that together reach probability P (1 = all)
+  /repetition-penalty R  > 1 makes tokens already in the text less likely (1 = off)
   /max N                 generate at most N tokens per turn
   /seed [N]              fix the random seed (same input, same output); no N: random again
   /stop [TEXT]           also stop where TEXT appears (\\n for a newline); no TEXT: clear stop strings
@@ -73,22 +77,31 @@ class Console:
         }
 
     def run(self) -> None:
-        """Read lines until /quit or end of input (Ctrl-D)."""
+        """Read lines until /quit or end of input (Ctrl-D). No turn ends the conversation by failing:
+        whatever goes wrong in one is told in one line, and the next prompt comes."""
+        self.textgen.check_fits(self.settings)  # a --max-new-tokens that cannot fit: refused before the first turn
         self._say("Type text for the model to continue; /help lists the commands, /quit leaves.")
         while True:
             try:
                 line = self.read_line(PROMPT)
-            except EOFError:
+            except (EOFError, OSError):  # end of input, or a terminal that went away
                 self._say("")
                 return
             except KeyboardInterrupt:
                 self._say("\n(Ctrl-C stops a generation; /quit or Ctrl-D leaves)")
+                continue
+            except ValueError as e:  # input() refuses a line holding a NUL byte, or bytes that are not text
+                self._say(f"error: that line could not be read ({e}); type it again")
                 continue
             try:
                 if not self.handle(line):
                     return
             except GptlabError as e:
                 self._say(f"error: {e}")
+            except KeyboardInterrupt:
+                self._say("\n[stopped]")
+            except Exception as e:  # a bug must not cost the user the conversation
+                self._say(f"error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no details'}")
 
     def handle(self, line: str) -> bool:
         """One line of input: a command or text to continue. False means leave."""
@@ -98,6 +111,7 @@ class Console:
             return True
         if command.startswith("/"):
             name, _, arg = command[1:].partition(" ")
+            name = name.replace("_", "-")
             if name not in self.commands:
                 self._say(f"unknown command /{name}; /help lists the commands")
                 return True
@@ -111,7 +125,7 @@ class Console:
         self.textgen.tokenizer.encode(line)  # a line the tokenizer cannot take is refused before it joins the text
         produced: list[str] = []
         try:
-            for piece in self.textgen.stream(prompt):
+            for piece in self.textgen.stream(prompt, truncate=True):  # the window policy: its last block_size tokens
                 produced.append(piece)
                 self.out.write(piece)
                 self.out.flush()
@@ -140,8 +154,8 @@ class Console:
             )
         if field == "top_k" and value == 0 or field == "top_p" and value == 1:
             value = None  # all tokens
-        changed = dataclasses.replace(self.settings, **{field: value})
-        changed.validate()  # a bad value raises GptlabError, shown as a message; the old one stays
+        changed = sampling_settings(self.settings, **{field: value})  # a bad value is refused; the old one stays
+        self.textgen.check_fits(changed)  # /max 10000000000: refused now, not at the next turn
         setattr(self.settings, field, value)
         return self._say(self._describe_settings())
 
@@ -184,7 +198,7 @@ class Console:
     def _describe_settings(self) -> str:
         s = self.settings
         return (
-            f"temperature {s.temperature}, top_k {s.top_k or 'all'}, top_p {s.top_p or 'all'}, "
-            f"repetition_penalty {s.repetition_penalty}, max {s.max_new_tokens}, "
+            f"temperature {s.temperature}, top-k {s.top_k or 'all'}, top-p {s.top_p or 'all'}, "
+            f"repetition-penalty {s.repetition_penalty}, max {s.max_new_tokens}, "
             f"seed {'random' if s.seed is None else s.seed}, stop {list(s.stop) or 'none'}"
         )

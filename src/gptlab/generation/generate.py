@@ -14,9 +14,12 @@ from collections.abc import Iterator
 
 import torch
 
+from gptlab.config import ModelConfig
+from gptlab.device import available_memory
 from gptlab.errors import GptlabError
 from gptlab.generation.sampling import SamplingSettings, sample_next
 from gptlab.models import GPT, KVCache
+from gptlab.models.info import generation_memory, human
 from gptlab.tokenizers import Tokenizer
 
 
@@ -32,9 +35,23 @@ def encode_prompt(tokenizer: Tokenizer, text: str, block_size: int, truncate: bo
             return ids[-block_size:]
         raise GptlabError(
             f"the prompt is {len(ids)} tokens, longer than the model's context of {block_size} tokens (block_size); "
-            "shorten it, or let gptlab keep its last tokens (truncate=True)"
+            "shorten it, or keep only its last tokens (sample --truncate; truncate=True in the API)"
         )
     return ids
+
+
+def check_generation_fits(
+    cfg: ModelConfig, num_samples: int, max_new_tokens: int, device: torch.device, use_cache: bool = True
+) -> None:
+    """Refuse, in one line and before anything is allocated, a generation whose estimated memory
+    (models.info.generation_memory) exceeds what `device` has free."""
+    need = generation_memory(cfg, num_samples, max_new_tokens, use_cache)["total"]
+    free = available_memory(device)
+    if free is not None and need > free:
+        raise GptlabError(
+            f"{num_samples} sample(s) of up to {max_new_tokens:,} new tokens need about {human(need, 'B')} on "
+            f"{device} but {human(free, 'B')} is free; lower --max-new-tokens (/max in chat) or --num-samples"
+        )
 
 
 @torch.inference_mode()

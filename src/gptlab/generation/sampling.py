@@ -6,41 +6,52 @@ then a draw from what is left. Temperature 0 means greedy: the most likely token
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import torch
 
+from gptlab.config import SEED, check_ranges, number
 from gptlab.errors import GptlabError
 
 
 @dataclass
 class SamplingSettings:
-    """Everything that decides what gets generated; the console changes these while it runs."""
+    """Everything that decides what gets generated; the console changes these while it runs.
 
-    max_new_tokens: int = 500
-    temperature: float = 0.8  # 0 = greedy
-    top_k: int | None = 200  # keep the k most likely tokens (None or 0 = all)
-    top_p: float | None = None  # keep the smallest set of tokens whose probability reaches p
-    repetition_penalty: float = 1.0  # > 1 makes tokens already in the text less likely
+    `validate` is the one check of these values, shared by sample, chat, the Python API and the server."""
+
+    max_new_tokens: int = number(500, at_least=0, note="/max in chat")
+    temperature: float = number(0.8, at_least=0.0, note="0 = greedy")
+    # keep the k most likely tokens
+    top_k: int | None = number(200, at_least=0, optional=True, note="0 or None = all tokens")
+    # keep the smallest set of tokens whose probability reaches p
+    top_p: float | None = number(None, above=0.0, at_most=1.0, whole=False, note="None = all tokens")
+    # > 1 makes tokens already in the text less likely
+    repetition_penalty: float = number(1.0, above=0.0, note="1 = none")
     stop: tuple[str, ...] = ()  # end the text where one of these strings appears (not included)
-    seed: int | None = None  # None: a fresh random seed each time
+    seed: int | None = number(None, whole=True, **SEED)  # None: a fresh random seed each time
 
     def validate(self) -> SamplingSettings:
-        if self.max_new_tokens < 0:
-            raise GptlabError(
-                f"max new tokens (--max-new-tokens; /max in chat) must be >= 0, got {self.max_new_tokens}"
-            )
-        if self.temperature < 0:
-            raise GptlabError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if self.top_k is not None and self.top_k < 0:
-            raise GptlabError(f"top-k must be >= 0 (0 = all tokens), got {self.top_k}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise GptlabError(f"top-p must be in (0, 1], got {self.top_p}")
-        if self.repetition_penalty <= 0:
-            raise GptlabError(f"repetition penalty must be > 0 (1 = none), got {self.repetition_penalty}")
+        check_ranges(self, name=lambda key: f"--{key.replace('_', '-')}")  # named as the flags are: --top-p
+        if isinstance(self.stop, str) or not all(isinstance(s, str) for s in self.stop):
+            raise GptlabError(f"stop must be a list of strings, got {self.stop!r}")
         if any(not s for s in self.stop):
             raise GptlabError("stop strings must not be empty")
         return self
+
+
+def sampling_settings(base: SamplingSettings | None = None, **overrides) -> SamplingSettings:
+    """`base` (else the defaults) with `overrides` applied, checked: an unknown name or a value out of
+    range is refused in one line. A single stop string may be given as a str."""
+    names = [f.name for f in fields(SamplingSettings)]
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise GptlabError(f"unknown sampling setting {', '.join(unknown)}; the settings are {', '.join(names)}")
+    if isinstance(overrides.get("stop"), str):
+        overrides["stop"] = (overrides["stop"],)
+    elif isinstance(overrides.get("stop"), list):
+        overrides["stop"] = tuple(overrides["stop"])
+    return replace(base or SamplingSettings(), **overrides).validate()
 
 
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -75,14 +86,19 @@ def sample_next(
     seen: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Pick the next token for each row of logits (B, vocab) -> (B, 1)."""
+    logits = logits.float()
     if seen is not None and settings.repetition_penalty != 1.0:
-        logits = apply_repetition_penalty(logits, seen, settings.repetition_penalty)
+        big = torch.finfo(logits.dtype).max  # an extreme penalty overflows to +-inf; keep the order, lose no row
+        logits = apply_repetition_penalty(logits, seen, settings.repetition_penalty).clamp(-big, big)
     if settings.temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
-    logits = logits / settings.temperature
+    # Shifted so the largest logit is 0 before dividing: any positive temperature, however small,
+    # then gives finite logits (a temperature below float32's smallest normal acts as that one).
+    temperature = max(settings.temperature, torch.finfo(torch.float32).tiny)
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
     if settings.top_k and settings.top_k < logits.size(-1):
         logits = top_k_filter(logits, settings.top_k)
     if settings.top_p is not None and settings.top_p < 1:
         logits = top_p_filter(logits, settings.top_p)
-    probs = torch.softmax(logits.float(), dim=-1)
+    probs = torch.softmax(logits, dim=-1)
     return torch.multinomial(probs, 1, generator=generator)

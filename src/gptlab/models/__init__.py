@@ -10,7 +10,8 @@ ARCHITECTURES = {"gpt": GPT, "bigram": Bigram}
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
-    """The model `cfg.arch` names, freshly initialised; every one has GPT's forward(idx, targets, cache)."""
+    """The model `cfg.arch` names, freshly initialised; every one has GPT's forward(idx, targets, cache).
+    The config is checked here, once; the models' constructors take it as valid."""
     cfg.validate()
     return ARCHITECTURES[cfg.arch](cfg)
 

@@ -18,7 +18,6 @@ class Bigram(nn.Module):
         super().__init__()
         if cfg.vocab_size < 1:
             raise ValueError("ModelConfig.vocab_size must be set before building the model")
-        cfg.validate()
         self.config = cfg
         self.next_token_logits = nn.Embedding(cfg.vocab_size, cfg.vocab_size)  # row i: logits after token i
         nn.init.normal_(self.next_token_logits.weight, mean=0.0, std=0.02)

@@ -210,7 +210,6 @@ class GPT(nn.Module):
         super().__init__()
         if cfg.vocab_size < 1:
             raise ValueError("ModelConfig.vocab_size must be set before building the model")
-        cfg.validate()
         self.config = cfg
         modules = dict(wte=nn.Embedding(cfg.vocab_size, cfg.n_embd))
         if cfg.positions == "learned":

@@ -6,6 +6,7 @@ has shapes but no storage, so even gpt2-xl is described in milliseconds without 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +17,11 @@ from gptlab.models import build_model
 from gptlab.models.gpt import mlp_hidden
 
 BYTES_PER_FLOAT = 4  # float32 weights, gradients and optimizer state: how gptlab trains on CPU
+# per generated token of each sample: its int64 slot in the token tensor, the streaming decoder's Python
+# list entry and int object, and the text itself
+BYTES_PER_GENERATED_TOKEN = 64
+# `gptlab info` on a config that leaves the vocabulary to the data assumes Tiny Shakespeare's characters
+ASSUMED_VOCAB = 65
 
 
 def build_on_meta(cfg: ModelConfig) -> torch.nn.Module:
@@ -99,6 +105,25 @@ def training_memory(cfg: RunConfig, batch_size: int) -> dict[str, int]:
     return memory
 
 
+def generation_memory(cfg: ModelConfig, num_samples: int, new_tokens: int, use_cache: bool = True) -> dict[str, int]:
+    """Bytes that generating `new_tokens` for each of `num_samples` rows takes beyond the weights (an
+    estimate of the largest parts: the tokens, the KV cache, and one forward pass over a full window)."""
+    block, hidden = cfg.block_size, mlp_hidden(cfg)
+    cache = use_cache and cfg.arch == "gpt"
+    window = cfg.vocab_size + (3 if cfg.activation == "swiglu" else 2) * hidden + 4 * cfg.n_embd
+    if cfg.attention == "manual":
+        window += cfg.n_head * block
+    memory = {
+        "tokens": num_samples * (block + new_tokens) * BYTES_PER_GENERATED_TOKEN,
+        "kv cache": 2 * cfg.n_layer * num_samples * block * cfg.kv_heads * (cfg.n_embd // cfg.n_head) * BYTES_PER_FLOAT
+        if cache
+        else 0,
+        "forward pass": num_samples * block * window * BYTES_PER_FLOAT,
+    }
+    memory["total"] = sum(memory.values())
+    return memory
+
+
 @dataclass
 class ModelInfo:
     config: RunConfig
@@ -106,6 +131,7 @@ class ModelInfo:
     flops_per_token: int
     batch_size: int
     memory: dict[str, int]
+    assumed_vocab: bool = False  # the config left vocab_size to the data, and ASSUMED_VOCAB stands in
 
     @property
     def total_params(self) -> int:
@@ -113,17 +139,22 @@ class ModelInfo:
 
 
 def describe(cfg: RunConfig, batch_size: int | None = None) -> ModelInfo:
-    if cfg.model.vocab_size < 1:
-        raise GptlabError(
-            "this config leaves vocab_size to the data; pass --vocab_size N (e.g. 65 for char Shakespeare, 50257 for "
-            "GPT-2)"
-        )
-    batch_size = batch_size or cfg.train.batch_size
+    """The numbers `gptlab info` prints. A config that takes its vocabulary from the data is described
+    with ASSUMED_VOCAB tokens, and says so."""
+    assumed = cfg.model.vocab_size == 0
+    if assumed:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=ASSUMED_VOCAB))
+    batch_size = cfg.train.batch_size if batch_size is None else batch_size
     if batch_size < 1:
         raise GptlabError(f"batch size must be at least 1, got {batch_size}")
     cfg.validate()
     return ModelInfo(
-        cfg, param_counts(cfg.model), flops_per_token(cfg.model), batch_size, training_memory(cfg, batch_size)
+        cfg,
+        param_counts(cfg.model),
+        flops_per_token(cfg.model),
+        batch_size,
+        training_memory(cfg, batch_size),
+        assumed_vocab=assumed,
     )
 
 
@@ -146,7 +177,13 @@ def format_info(info: ModelInfo) -> str:
         )
     )
     width = max(len(k) for k in [*info.params, *info.memory])
-    lines = [f"model: {shape}; vocab {m.vocab_size}, block {m.block_size}", "", "parameters"]
+    vocab = (
+        f"vocab {m.vocab_size} (assumed: Tiny Shakespeare's characters; this config takes it from the data, "
+        "--vocab-size N gives yours)"
+        if info.assumed_vocab
+        else f"vocab {m.vocab_size}"
+    )
+    lines = [f"model: {shape}; {vocab}, block {m.block_size}", "", "parameters"]
     lines += [f"  {k:<{width}}  {v:>15,}  {100 * v / max(info.total_params, 1):5.1f}%" for k, v in info.params.items()]
     lines += [f"  {'total':<{width}}  {info.total_params:>15,}  ({human(info.total_params)})", ""]
     lines.append(

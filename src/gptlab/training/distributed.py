@@ -1,6 +1,6 @@
 """More than one process: data-parallel training launched by torchrun.
 
-    torchrun --nproc_per_node 4 -m gptlab train --data DIR --out RUN ...   (the usual command line)
+    torchrun --nproc-per-node 4 -m gptlab train --data DIR --out RUN ...   (the usual command line)
 
 torchrun sets RANK, LOCAL_RANK and WORLD_SIZE for each process it starts; `init_distributed` reads
 them, joins the process group (NCCL on GPUs, gloo on CPU) and gives each process its own GPU

@@ -38,6 +38,8 @@ class StopSignals:
 class TrainingInterrupted(GptlabError):
     """Training stopped on a signal after saving its checkpoint; the CLI exits with 128 + the signal number."""
 
+    is_error = False
+
     def __init__(self, message: str, signum: int):
         super().__init__(message)
         self.exit_code = 128 + signum

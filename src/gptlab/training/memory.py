@@ -7,11 +7,9 @@ from __future__ import annotations
 import torch
 
 from gptlab.config import RunConfig
-from gptlab.device import available_memory
+from gptlab.device import GiB, available_memory
 from gptlab.errors import GptlabError
 from gptlab.models.info import training_memory
-
-GiB = 2**30
 
 
 def check_memory(cfg: RunConfig, device: torch.device) -> dict[str, int]:
@@ -26,7 +24,7 @@ def check_memory(cfg: RunConfig, device: torch.device) -> dict[str, int]:
             "state, "
             f"{memory['activations'] / GiB:,.1f} GiB of activations for batch {cfg.train.batch_size} x block "
             f"{cfg.model.block_size}) "
-            f"but {free / GiB:,.1f} GiB is free; lower --batch_size (--grad_accum keeps the tokens per step), "
-            "--block_size, or the model size (--n_layer, --n_embd); `gptlab info` shows the estimate"
+            f"but {free / GiB:,.1f} GiB is free; lower --batch-size (--grad-accum keeps the tokens per step), "
+            "--block-size, or the model size (--n-layer, --n-embd); `gptlab info` shows the estimate"
         )
     return memory

@@ -39,6 +39,7 @@ from gptlab.atomic import (
     write_text_atomic,
 )
 from gptlab.checkpoint import (
+    CONFIG,
     RUN_OUTPUT,
     TRAINER_STATE,
     RunDir,
@@ -82,11 +83,12 @@ CPU = torch.device("cpu")
 @dataclass
 class TrainResult:
     run_dir: Path
-    steps: int
+    steps: int  # the step the run reached (max_iters, or stop_at)
     best_val_loss: float
     final_val_loss: float
     final_train_loss: float
     seconds: float
+    steps_run: int = 0  # steps this call ran (fewer than `steps` after a resume)
 
 
 @torch.no_grad()
@@ -146,8 +148,8 @@ def build_trainer(cfg: RunConfig, data: TokenData, run_dir: Path, me: Dist, devi
         if "alloc" not in str(e).lower():
             raise
         raise GptlabError(
-            f"the model does not fit in the memory of {device} ({str(e).splitlines()[0][:160]}); lower --batch_size, "
-            "--block_size or the model size; `gptlab info` shows the estimate"
+            f"the model does not fit in the memory of {device} ({str(e).splitlines()[0][:160]}); lower --batch-size, "
+            "--block-size or the model size; `gptlab info` shows the estimate"
         ) from None
 
 
@@ -336,7 +338,7 @@ class Trainer:
             return
         raise GptlabError(
             f"the weights went bad by step {self.step} (non-finite, or a non-finite loss: an update diverged); "
-            f"nothing was saved at this step and {self.last_good()}; lower --learning_rate (or raise --warmup_iters)"
+            f"nothing was saved at this step and {self.last_good()}; lower --learning-rate (or raise --warmup-iters)"
         )
 
     def last_good(self) -> str:
@@ -355,12 +357,12 @@ class Trainer:
         if self.tc.nonfinite_loss == "skip":
             self.check_weights()  # bad weights make every later loss non-finite: skipping cannot help
             if self.me.is_main:
-                tqdm.write(f"warning: the loss is {value} at step {step}; skipped that update (--nonfinite_loss skip)")
+                tqdm.write(f"warning: the loss is {value} at step {step}; skipped that update (--nonfinite-loss skip)")
                 self.metrics.write("skipped", step, reason="non-finite loss")
             return False
         raise GptlabError(
             f"the loss became {value} at step {step}; training stopped before applying it and {self.last_good()}; "
-            "lower --learning_rate (or raise --warmup_iters), or pass --nonfinite_loss skip to skip such steps"
+            "lower --learning-rate (or raise --warmup-iters), or pass --nonfinite-loss skip to skip such steps"
         )
 
     def stop_signal(self, stop: StopSignals) -> int | None:
@@ -435,7 +437,8 @@ class Trainer:
                 self.on_first_checkpoint()
             log_time, log_step = time.perf_counter(), self.step
             stop.install()
-            while self.step < tc.max_iters:
+            end = tc.stop_at or tc.max_iters  # stop_at ends this call early; the schedule still spans max_iters
+            while self.step < end:
                 loss, lr = self.train_step()
                 bar.update(1)
                 if self.step % tc.log_interval == 0 or self.step == tc.max_iters:
@@ -472,21 +475,31 @@ class Trainer:
                         f"continue with `gptlab train --resume {self.run_dir.path}`",
                         signum,
                     )
+            if self.step < tc.max_iters and self.saved_step != self.step:  # stopped at stop_at: resumable from here
+                self.save_last()
         finally:
             stop.restore()
             bar.close()
             if self.metrics is not None:
                 self.metrics.close()
         seconds = time.perf_counter() - start
+        ran = self.step - start_step
         if me.is_main:
-            tqdm.write(
-                f"done: {tc.max_iters} steps in {seconds:.1f}s, best val loss {self.best_val:.4f}; checkpoints in "
-                f"{self.run_dir.path}"
-            )
+            steps = f"{ran} steps" + (f" (steps {start_step + 1}-{self.step})" if start_step else "")
+            if self.step < tc.max_iters:
+                tqdm.write(
+                    f"stopped at step {self.step} of {tc.max_iters} as asked (--stop-at): {steps} in {seconds:.1f}s; "
+                    f"saved {self.run_dir.last}; continue with `gptlab train --resume {self.run_dir.path}`"
+                )
+            else:
+                tqdm.write(
+                    f"done: {steps} in {seconds:.1f}s, best val loss {self.best_val:.4f}; checkpoints in "
+                    f"{self.run_dir.path}"
+                )
             if read_info(self.run_dir.best).get("step") == 0 and self.step > 0:
                 tqdm.write(f"note: {untrained_best(self.run_dir.best)}")
         return TrainResult(
-            self.run_dir.path, tc.max_iters, self.best_val, self.losses["val"], self.losses["train"], seconds
+            self.run_dir.path, self.step, self.best_val, self.losses["val"], self.losses["train"], seconds, ran
         )
 
 
@@ -519,7 +532,7 @@ def train(
     data.check_fits(cfg.model.block_size, cfg.train.batch_size)
     me, device = init_distributed(cfg.train.device)
     try:
-        setup_device(device, cfg.train.tf32)
+        setup_device(device, cfg.train.tf32, cfg.train.threads)
         check_memory(cfg, device)
         with contextlib.ExitStack() as held:
             on_main(me, lambda: held.enter_context(claim_output(run_dir, RUN_OUTPUT, overwrite, inputs)))
@@ -562,7 +575,8 @@ def resume(
         )
     verify_directory(ckpt_dir)
     info = read_info(ckpt_dir)
-    cfg = RunConfig.from_dict(info["run"])
+    cfg = RunConfig.from_dict(info["run"], source=str(ckpt_dir / CONFIG))
+    cfg.train.stop_at = 0  # a stop belongs to the call that asked for it: a resume runs on unless given its own
     types = field_types()
     for key, value in (overrides or {}).items():
         if types.get(key, ("train",))[0] != "train":
@@ -581,12 +595,14 @@ def resume(
     state = load_trainer_state(ckpt_dir)
     if state["step"] >= cfg.train.max_iters:
         raise GptlabError(
-            f"{run_dir} already finished its {cfg.train.max_iters} steps; to train on, resume with a larger --max_iters"
+            f"{run_dir} already finished its {cfg.train.max_iters} steps; to train on, resume with a larger --max-iters"
         )
+    if 0 < cfg.train.stop_at <= state["step"]:
+        raise GptlabError(f"{run_dir} is already at step {state['step']}; give a --stop-at after it, or none")
     me, device = init_distributed(cfg.train.device)
     try:
-        setup_device(device, cfg.train.tf32)
-        check_memory(cfg, device)  # a larger --batch_size than the run started with is checked too
+        setup_device(device, cfg.train.tf32, cfg.train.threads)
+        check_memory(cfg, device)  # a larger --batch-size than the run started with is checked too
         with contextlib.ExitStack() as held:
             on_main(me, lambda: held.enter_context(claim_output(run.path)))  # no other process in this run
             ckpt_dir = complete_directory(run.last)  # claiming put back a .last.old a killed save left aside
