@@ -6,12 +6,11 @@ import pytest
 import torch
 
 from gptlab.config import build_config
-from gptlab.data.batches import TokenData
 from gptlab.data.prepare import prepare
 from gptlab.errors import GptlabError
-from gptlab.training.distributed import Dist
+from gptlab.training.distributed import Dist, check_layout
 from gptlab.training.metrics import read_metrics
-from gptlab.training.trainer import Trainer, train
+from gptlab.training.trainer import train
 
 # The global batch: 2 micro-batches of 4 sequences per step, on one process or shared by two.
 SETTINGS = {
@@ -65,10 +64,7 @@ def test_two_gloo_processes_train_like_one_with_the_same_global_batch(prepared, 
     assert proc.stdout.count("done:") == 1  # only rank 0 prints
 
 
-def test_grad_accum_must_split_evenly_over_the_processes(prepared, tmp_path):
+def test_grad_accum_must_split_evenly_over_the_processes():
     cfg = build_config("tiny", {**SETTINGS, "grad_accum": 3})
-    cfg.model.vocab_size = TokenData(prepared).vocab_size
     with pytest.raises(GptlabError, match="multiple of the number of processes"):
-        Trainer(
-            cfg, TokenData(prepared), tmp_path / "run", Dist(rank=0, local_rank=0, world_size=2), torch.device("cpu")
-        )
+        check_layout(cfg.train, Dist(rank=0, local_rank=0, world_size=2), torch.device("cpu"))

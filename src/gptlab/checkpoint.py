@@ -21,21 +21,35 @@ A checkpoint: a directory holding everything needed to use or continue a model.
 
     checksums.json      the SHA-256 of every file above, checked on every load
 
+A sharded checkpoint (last/ of a `--parallel fsdp` run) holds the weights and the optimizer state
+in torch.distributed.checkpoint's format instead of model.safetensors and trainer.pt's optimizers:
+
+    __R_0.distcp        rank R's shard of every parameter and optimizer tensor, written by rank R
+    .metadata           the index of the shards (which rows of which tensor lie in which file)
+
+It loads on any number of processes (the shards are re-cut to fit) and into a plain model.
+
 A checkpoint is written into a temporary sibling, fsynced and renamed into place (gptlab.atomic),
 so a crash at any moment leaves a complete checkpoint, never a half-written one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import enum
 import json
 import os
 import pickle
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 
@@ -52,6 +66,7 @@ from gptlab.tokenizers import Tokenizer, load_tokenizer
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 TRAINER_STATE = "trainer.pt"
+SHARD_INDEX = ".metadata"  # torch.distributed.checkpoint's name for it
 
 
 @dataclass(frozen=True)
@@ -172,6 +187,95 @@ def save_checkpoint(
     return ckpt_dir
 
 
+def save_sharded_checkpoint(
+    ckpt_dir: Path,
+    shards: dict[str, Any],
+    cfg: RunConfig,
+    info: dict[str, Any],
+    files: list[Path] = (),
+    trainer_state: dict[str, Any] | None = None,
+) -> Path:
+    """Collective: every process of the job calls it with its own shards (the sharded model's and
+    optimizers' state dicts). Rank 0 builds the checkpoint aside, as save_checkpoint does; each rank
+    writes its shard into it with torch.distributed.checkpoint (rank 0 also the index), then rank 0
+    adds the rest, records every file's checksum and renames the directory into place."""
+    main = dist.get_rank() == 0
+    with atomic_directory(ckpt_dir) if main else contextlib.nullcontext() as tmp:
+        where = [str(tmp) if main else None]
+        dist.broadcast_object_list(where, src=0)
+        seen = [None] * dist.get_world_size()
+        dist.all_gather_object(seen, Path(where[0]).is_dir())
+        if not all(seen):
+            raise GptlabError(
+                f"rank {seen.index(False)} cannot see {Path(ckpt_dir).parent}, where rank 0 writes: under --parallel "
+                "fsdp every rank writes its shard into the run directory, so it must be on a filesystem all nodes "
+                "share (docs/scaling.md)"
+            )
+        try:
+            dcp.save(shards, storage_writer=dcp.FileSystemWriter(where[0]))  # returns once every rank has written
+        except dcp.api.CheckpointException as e:
+            raise GptlabError(
+                f"writing the shards of {ckpt_dir} failed on rank {min(e.failures)} "
+                f"({str(e.failures[min(e.failures)][0]).splitlines()[0][:160]}); the previous checkpoint is kept"
+            ) from None
+        if main:
+            (tmp / CONFIG).write_text(json.dumps({"run": cfg.to_dict(), **info}, indent=2) + "\n")
+            for f in files:
+                shutil.copy2(f, tmp / Path(f).name)
+            if trainer_state is not None:
+                with open(tmp / TRAINER_STATE, "wb") as f:  # a file object: a full disk then surfaces as OSError
+                    torch.save(trainer_state, f)
+    return Path(ckpt_dir)
+
+
+def is_sharded(ckpt_dir: Path) -> bool:
+    return (Path(ckpt_dir) / SHARD_INDEX).is_file()
+
+
+class ShardIndexUnpickler(pickle.Unpickler):
+    """torch.distributed.checkpoint pickles its index. This unpickler builds only what an index is
+    made of (its own record classes, torch.Size, dtypes, paths), so a planted pickle cannot run code."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        allowed = (
+            (module == "torch" and (name == "Size" or isinstance(getattr(torch, name, None), torch.dtype)))
+            or (module == "torch.serialization" and name == "_get_layout")
+            or (module == "pathlib" and name in ("PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath"))
+            or (module == "collections" and name == "OrderedDict")
+        )
+        if allowed:
+            return super().find_class(module, name)
+        if module.startswith("torch.distributed.checkpoint."):
+            found = super().find_class(module, name)
+            if isinstance(found, type) and (dataclasses.is_dataclass(found) or issubclass(found, enum.Enum)):
+                return found
+        raise pickle.UnpicklingError(f"{module}.{name} is not part of a shard index")
+
+
+def load_shards(ckpt_dir: Path, state: dict[str, Any], collective: bool) -> None:
+    """Fill `state` (laid out as it was saved: plain tensors or sharded DTensors) in place from a sharded
+    checkpoint, cutting the shards to this job's layout. collective: every process of the job takes part
+    (a sharded model); otherwise this process reads what it needs alone."""
+    index = Path(ckpt_dir) / SHARD_INDEX
+    try:
+        with open(index, "rb") as f:
+            ShardIndexUnpickler(f).load()  # refuses anything but an index; torch's reader then reads the same bytes
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
+        raise GptlabError(
+            f"{index} was refused ({str(e).splitlines()[0][:120]}): it is corrupt or holds objects that are not "
+            "part of a checkpoint; use a checkpoint gptlab wrote"
+        ) from None
+    try:
+        with warnings.catch_warnings():  # torch warns that no_dist means one process: that is the intent
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load(state, storage_reader=dcp.FileSystemReader(str(ckpt_dir)), no_dist=not collective)
+    except (dcp.api.CheckpointException, RuntimeError, ValueError, KeyError) as e:
+        raise GptlabError(
+            f"{ckpt_dir} does not fit this model and optimizer ({str(e).splitlines()[0][:160]}); resume with the "
+            "model and --optimizer the run was trained with"
+        ) from None
+
+
 def keep_history(last_dir: Path, step: int, keep_last: int) -> None:
     """With keep_last > 1, RUN/checkpoints/step-NNNNNNNN holds each saved last/ checkpoint (hard links,
     so no extra space while they are the same files), the newest keep_last of them kept."""
@@ -227,7 +331,7 @@ def resolve_checkpoint(path: Path) -> Path:
     path = Path(path)
     for candidate in (path, RunDir(path).best, RunDir(path).last):
         found = complete_directory(candidate)
-        if found is not None and (found / WEIGHTS).is_file():  # not another complete directory (a data directory)
+        if found is not None and ((found / WEIGHTS).is_file() or is_sharded(found)):  # not a data directory
             return found
     if not path.exists():
         raise GptlabError(f"{path}: no such checkpoint or run directory")
@@ -300,6 +404,11 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Checkpoin
     if not isinstance(kind, str):
         raise GptlabError(f"{ckpt_dir / CONFIG} does not say which tokenizer the model uses; the checkpoint is damaged")
     cfg = RunConfig.from_dict(info.pop("run"), source=str(ckpt_dir / CONFIG))
+    if is_sharded(ckpt_dir):  # a --parallel fsdp last/: the weights are in the shards
+        check_weights_fit(cfg.model, {}, ckpt_dir / WEIGHTS, device)  # the memory it takes
+        model = build_model(cfg.model)
+        load_shards(ckpt_dir, {"model": model.state_dict()}, collective=False)
+        return finish_loading(ckpt_dir, model, cfg, info, device)
     weights = ckpt_dir / WEIGHTS
     check_weights_fit(cfg.model, weight_shapes(weights), weights, device)
     model = build_model(cfg.model)
@@ -308,8 +417,12 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Checkpoin
         raise GptlabError(
             f"{weights} does not match its config.json (missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
+    return finish_loading(ckpt_dir, model, cfg, info, device)
+
+
+def finish_loading(ckpt_dir: Path, model: GPT, cfg: RunConfig, info: dict[str, Any], device) -> Checkpoint:
     model.to(device).eval()
-    tokenizer = load_tokenizer(kind, ckpt_dir)
+    tokenizer = load_tokenizer(info["tokenizer"]["kind"], ckpt_dir)
     # what the directory holds, for the stages that compare tokenizers by file
     info["tokenizer"] = {**info["tokenizer"], "file": tokenizer.file_name, "vocab_size": tokenizer.vocab_size}
     if tokenizer.vocab_size != cfg.model.vocab_size:

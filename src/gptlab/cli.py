@@ -6,7 +6,7 @@ gptlab train --data DIR --out RUN [--preset P] [--init-from CKPT] [--key value .
 gptlab train --resume RUN [--key value ...]     continue an interrupted run exactly
 gptlab sample RUN_OR_CHECKPOINT [--prompt TEXT] [--max-new-tokens N] ...
 gptlab chat RUN_OR_CHECKPOINT [--temperature T] ...      the >: console
-gptlab info PRESET_OR_CONFIG_OR_CHECKPOINT [--batch-size N] [--vocab-size N]
+gptlab info PRESET_OR_CONFIG_OR_CHECKPOINT [--batch-size N] [--vocab-size N] [--parallel fsdp --world-size N]
 gptlab eval RUN_OR_CHECKPOINT [--text FILE ...]   loss, perplexity, bits per char/byte
 gptlab inspect RUN_OR_CHECKPOINT --out DIR [--prompt TEXT] [--compare RUN ...]   pictures
 gptlab report RUN                                 one Markdown page about a run
@@ -411,6 +411,10 @@ def add_info(sub) -> None:
         default=None,
         help="vocabulary size, for configs that take it from the data (default: 65, Tiny Shakespeare's characters)",
     )
+    p.add_argument(
+        "--parallel", choices=["ddp", "fsdp"], help="memory per device under DDP or FSDP (default: the config's)"
+    )
+    p.add_argument("--world-size", type=int, default=1, help="number of devices (processes) to train on")
     p.set_defaults(func=cmd_info)
 
 
@@ -418,7 +422,11 @@ def cmd_info(args) -> None:
     from gptlab.checkpoint import load_config
     from gptlab.models.info import describe, format_info
 
-    print(format_info(describe(load_config(args.source, args.vocab_size), args.batch_size)))
+    print(
+        format_info(
+            describe(load_config(args.source, args.vocab_size), args.batch_size, args.parallel, args.world_size)
+        )
+    )
 
 
 def add_eval(sub) -> None:
@@ -640,8 +648,10 @@ def main(argv: list[str] | None = None) -> int:
     (`gptlab sample ... | head`) ends quietly; Ctrl-C and SIGTERM clean up and exit 130 / 143. --debug
     shows the traceback instead."""
     args = build_parser().parse_args(argv)
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, raise_terminated) if in_main_thread else None
+    # Under torchrun the launcher stops its processes with SIGTERM, and one blocked in a collective would
+    # never get to raise it: there the default (end at once) stays, and training's own handler applies.
+    alone = threading.current_thread() is threading.main_thread() and os.environ.get("WORLD_SIZE", "1") == "1"
+    previous = signal.signal(signal.SIGTERM, raise_terminated) if alone else None
     try:
         args.func(args)
     except BrokenPipeError:
@@ -653,7 +663,8 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, OSError):
             print(f"gptlab {args.command}: error: {os_error_message(e)}", file=sys.stderr)
             return 2
-        print(f"gptlab {args.command}: {'error: ' if e.is_error else ''}{e}", file=sys.stderr)
+        if not e.silent:  # under torchrun, rank 0 prints an error that every rank met
+            print(f"gptlab {args.command}: {'error: ' if e.is_error else ''}{e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print(f"gptlab {args.command}: interrupted", file=sys.stderr)

@@ -198,6 +198,7 @@ class TrainConfig:
     # resumable checkpoints kept: last/, and with N > 1 the newest N in checkpoints/
     keep_last: int = number(1, at_least=1)
     nonfinite_loss: str = "stop"  # a NaN or inf loss: stop (before the update) | skip (that step's update)
+    parallel: str = "ddp"  # under torchrun: ddp (a whole model per process) | fsdp (weights and state sharded)
 
     def validate(self) -> None:
         check_ranges(self)
@@ -211,6 +212,7 @@ class TrainConfig:
         _check_choice("lr_schedule", self.lr_schedule, ("cosine", "wsd"))
         _check_choice("dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
         _check_choice("nonfinite_loss", self.nonfinite_loss, ("stop", "skip"))
+        _check_choice("parallel", self.parallel, ("ddp", "fsdp"))
 
 
 @dataclass

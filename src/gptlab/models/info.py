@@ -1,4 +1,5 @@
-"""What a model costs before you train it: parameters by component, FLOPs per token, training memory.
+"""What a model costs before you train it: parameters by component, FLOPs per token, training memory
+per device (one device, or N under DDP or FSDP).
 
 All of it is computed from the config alone: the model is built on the `meta` device, which
 has shapes but no storage, so even gpt2-xl is described in milliseconds without allocating it.
@@ -90,17 +91,34 @@ def activation_floats_per_token(cfg: ModelConfig) -> int:
     return cfg.n_layer * per_layer + 2 * h + logits  # + the embedded input and the final norm's output
 
 
-def training_memory(cfg: RunConfig, batch_size: int) -> dict[str, int]:
-    """Bytes to train in float32 with AdamW at `batch_size` (an estimate: allocator overhead,
-    temporary buffers and the framework itself come on top)."""
+def block_params(cfg: ModelConfig) -> int:
+    """Parameters in one transformer block (FSDP's unit of gathering); 0 for a model without blocks."""
+    model = build_on_meta(cfg)
+    return sum(p.numel() for p in model.transformer.h[0].parameters()) if cfg.arch == "gpt" else 0
+
+
+def training_memory(cfg: RunConfig, batch_size: int, world_size: int = 1) -> dict[str, int]:
+    """Bytes per device to train in float32 with AdamW at micro-batch `batch_size` on `world_size`
+    devices, laid out as cfg.train.parallel says (an estimate: allocator overhead, temporary buffers
+    and the framework itself come on top).
+
+    ddp: every device holds all the weights, gradients and AdamW state. fsdp: each holds 1/world_size
+    of them, plus the whole weights and gradients of what it is computing: the root (embeddings, final
+    norm, head) and two blocks (the one running and the next, gathered ahead). Activations are per
+    micro-batch either way."""
     n = sum(param_counts(cfg.model).values())
+    per_device = -(-n // world_size) if cfg.train.parallel == "fsdp" else n
     tokens = batch_size * cfg.model.block_size
     memory = {
-        "weights": BYTES_PER_FLOAT * n,
-        "gradients": BYTES_PER_FLOAT * n,
-        "optimizer (AdamW: 2 per weight)": 2 * BYTES_PER_FLOAT * n,
-        "activations": BYTES_PER_FLOAT * tokens * activation_floats_per_token(cfg.model),
+        "weights": BYTES_PER_FLOAT * per_device,
+        "gradients": BYTES_PER_FLOAT * per_device,
+        "optimizer (AdamW: 2 per weight)": 2 * BYTES_PER_FLOAT * per_device,
     }
+    if cfg.train.parallel == "fsdp":
+        block = block_params(cfg.model)
+        root = n - cfg.model.n_layer * block if cfg.model.arch == "gpt" else n
+        memory["gathered (root + 2 blocks, weights and gradients)"] = 2 * BYTES_PER_FLOAT * (root + 2 * block)
+    memory["activations"] = BYTES_PER_FLOAT * tokens * activation_floats_per_token(cfg.model)
     memory["total"] = sum(memory.values())
     return memory
 
@@ -130,6 +148,7 @@ class ModelInfo:
     params: dict[str, int]
     flops_per_token: int
     batch_size: int
+    world_size: int
     memory: dict[str, int]
     assumed_vocab: bool = False  # the config left vocab_size to the data, and ASSUMED_VOCAB stands in
 
@@ -138,22 +157,30 @@ class ModelInfo:
         return sum(self.params.values())
 
 
-def describe(cfg: RunConfig, batch_size: int | None = None) -> ModelInfo:
+def describe(
+    cfg: RunConfig, batch_size: int | None = None, parallel: str | None = None, world_size: int = 1
+) -> ModelInfo:
     """The numbers `gptlab info` prints. A config that takes its vocabulary from the data is described
-    with ASSUMED_VOCAB tokens, and says so."""
+    with ASSUMED_VOCAB tokens, and says so. parallel: ddp or fsdp (default: the config's), over
+    world_size devices, for the memory per device."""
     assumed = cfg.model.vocab_size == 0
     if assumed:
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=ASSUMED_VOCAB))
+    if parallel is not None:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, parallel=parallel))
     batch_size = cfg.train.batch_size if batch_size is None else batch_size
     if batch_size < 1:
         raise GptlabError(f"batch size must be at least 1, got {batch_size}")
+    if world_size < 1:
+        raise GptlabError(f"world size must be at least 1, got {world_size}")
     cfg.validate()
     return ModelInfo(
         cfg,
         param_counts(cfg.model),
         flops_per_token(cfg.model),
         batch_size,
-        training_memory(cfg, batch_size),
+        world_size,
+        training_memory(cfg, batch_size, world_size),
         assumed_vocab=assumed,
     )
 
@@ -194,10 +221,15 @@ def format_info(info: ModelInfo) -> str:
         f"  per step of {info.batch_size} x {m.block_size} = {tokens:,} tokens: "
         f"{human(info.flops_per_token * tokens, 'FLOP')}"
     )
+    layout = (
+        f"per device, {info.config.train.parallel.upper()} over {info.world_size} devices"
+        if info.world_size > 1 or info.config.train.parallel == "fsdp"
+        else "on one device"
+    )
     lines += [
         "",
-        f"training memory at batch size {info.batch_size}, float32 + AdamW (an estimate; allocator and framework "
-        "overhead come on top)",
+        f"training memory {layout} at batch size {info.batch_size}, float32 + AdamW (an estimate; allocator and "
+        "framework overhead come on top)",
     ]
     lines += [f"  {k:<{width}}  {human(v, 'B'):>12}" for k, v in info.memory.items()]
     return "\n".join(lines)

@@ -5,8 +5,8 @@
 
 One step is one optimizer update over batch_size * grad_accum sequences. Under torchrun the
 grad_accum micro-batches of a step are shared out among the processes (each runs
-grad_accum / world_size of them; DDP averages the gradients), so a config trains the same way on
-1 or N processes, and only rank 0 writes files.
+grad_accum / world_size of them; DDP or FSDP averages the gradients), so a config trains the same
+way on 1 or N processes, and only rank 0 writes files (but for the shards of a sharded last/).
 
 The trainer knows the data as token streams and a vocabulary size; it copies the tokenizer file
 into each checkpoint without reading it, and loads the tokenizer only to decode its text samples.
@@ -26,6 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+    set_state_dict,
+)
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
@@ -45,14 +52,17 @@ from gptlab.checkpoint import (
     RunDir,
     check_same_tokenizer,
     find_data_dir,
+    is_sharded,
     keep_history,
     load_checkpoint,
+    load_shards,
     load_trainer_state,
     read_info,
     save_checkpoint,
+    save_sharded_checkpoint,
     untrained_best,
 )
-from gptlab.config import RunConfig, field_types, set_field
+from gptlab.config import RunConfig, TrainConfig, field_types, set_field
 from gptlab.data.batches import TokenData
 from gptlab.data.format import tokenizer_path
 from gptlab.device import autocast, autocast_dtype, peak_flops, setup_device
@@ -65,9 +75,13 @@ from gptlab.tokenizers import load_tokenizer
 from gptlab.training.distributed import (
     SINGLE,
     Dist,
+    agree,
+    check_layout,
     gather_to_all,
+    gathered_model,
     init_distributed,
     on_main,
+    shard_model,
     shutdown_distributed,
     sum_over_ranks,
 )
@@ -91,26 +105,34 @@ class TrainResult:
     steps_run: int = 0  # steps this call ran (fewer than `steps` after a resume)
 
 
+def precision(device: torch.device, tc: TrainConfig):
+    """Autocast for a forward pass; under FSDP the sharded model casts by itself (distributed.shard_model)."""
+    return contextlib.nullcontext() if tc.parallel == "fsdp" else autocast(device, tc.dtype)
+
+
 @torch.no_grad()
 def estimate_loss(
     model: GPT, data: TokenData, cfg: RunConfig, device: torch.device, splits=("train", "val"), me: Dist = SINGLE
 ) -> dict[str, float]:
     """Mean loss over eval_iters batches per split. The batches are the same at every call
     (their own seeded generator), so successive estimates differ only because the model did.
-    Under torchrun batch i is evaluated by rank i % world_size and the sums are added up."""
+    Under torchrun batch i is evaluated by rank i % world_size and the sums are added up. Every rank
+    runs as many forward passes (a sharded model's are collective), the last round's spares uncounted."""
     was_training = model.training
     model.eval()
     out = {}
+    rounds = -(-cfg.train.eval_iters // me.world_size)
     for split in splits:
         gen = torch.Generator().manual_seed(cfg.train.seed + 1)
         total = torch.zeros((), dtype=torch.float64, device=device)
-        for i in range(cfg.train.eval_iters):
+        for i in range(rounds * me.world_size):
             mine = i % me.world_size == me.rank
             x, y = data.get_batch(split, cfg.train.batch_size, cfg.model.block_size, gen, device if mine else CPU)
             if mine:
-                with autocast(device, cfg.train.dtype):
+                with precision(device, cfg.train):
                     _, loss = model(x, y)
-                total += loss.double()
+                if i < cfg.train.eval_iters:
+                    total += loss.double()
         out[split] = sum_over_ranks(me, total).item() / cfg.train.eval_iters
     model.train(was_training)
     return out
@@ -119,7 +141,7 @@ def estimate_loss(
 def create_run_dir(run_dir: Path, record: dict[str, Any]) -> None:
     """Create (or replace) the run directory with its config.json in one atomic step, so a crash never
     leaves a run directory without it (which --overwrite would then refuse as "not a gptlab run").
-    A replaced run stays aside as .NAME.old until the new one has its first checkpoint (start_failed)."""
+    A replaced run stays aside as .NAME.old until the new one has its first checkpoint."""
     with atomic_directory(run_dir, checksums=False, keep_previous=True) as tmp:
         RunDir(tmp).config.write_text(json.dumps(record, indent=2) + "\n")
 
@@ -153,6 +175,22 @@ def build_trainer(cfg: RunConfig, data: TokenData, run_dir: Path, me: Dist, devi
         ) from None
 
 
+def optimizer_state_by_name(model: GPT, optimizers: list, saved: list[dict[str, Any]]) -> dict[str, Any]:
+    """One-file checkpoints keep each optimizer's state_dict, parameters numbered by position; this is the
+    same state keyed by parameter name, the form torch.distributed.checkpoint.state_dict loads into a
+    plain, DDP or sharded model alike (the optimizers are built in the same parameter order each way)."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    state, groups = {}, []
+    for opt, saved_opt in zip(optimizers, saved):
+        for group, saved_group in zip(opt.param_groups, saved_opt["param_groups"]):
+            fqns = [names[id(p)] for p in group["params"]]
+            state.update(
+                {fqn: saved_opt["state"][i] for i, fqn in zip(saved_group["params"], fqns) if i in saved_opt["state"]}
+            )
+            groups.append({**saved_group, "params": fqns})
+    return {"state": state, "param_groups": groups}
+
+
 class Trainer:
     """A model, its optimizers and everything else a step changes; `state_dict` captures all of it."""
 
@@ -166,23 +204,21 @@ class Trainer:
             device,
         )
         tc = self.tc
-        if tc.grad_accum % me.world_size:
-            raise GptlabError(
-                f"grad_accum ({tc.grad_accum}) must be a multiple of the number of processes ({me.world_size}): "
-                f"each process runs grad_accum / {me.world_size} micro-batches of the global batch"
-            )
         if tc.tensorboard:
             require_tensorboard()
         torch.manual_seed(tc.seed)  # the same initial weights on every process
         self.model = build_model(cfg.model).to(device)
+        self.sharded = tc.parallel == "fsdp"  # FSDP changes self.model in place: it stays the one to call
+        self.ddp = None
+        if self.sharded:
+            shard_model(self.model, device, tc.dtype)
+        elif me.enabled:
+            self.ddp = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
         torch.manual_seed(tc.seed + 1 + me.rank)  # dropout: its own stream on each process
-        self.optimizers = build_optimizers(self.model, tc)
+        self.optimizers = build_optimizers(self.model, tc)  # after sharding: each process steps its own shards
         # fp16 gradients underflow; the scaler multiplies the loss up and the gradients back down.
         # Disabled (a pass-through) in every other precision, so there is one code path.
         self.scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype(device, tc.dtype) == torch.float16)
-        self.ddp = None
-        if me.enabled:
-            self.ddp = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
         self.forward = self.ddp or self.model
         if tc.compile:
             self.forward = torch.compile(self.forward)
@@ -205,14 +241,15 @@ class Trainer:
     # -- state ---------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything but the weights, for last/trainer.pt. Collective: gathers every rank's RNG."""
+        """Everything but the weights (and, sharded, the optimizer state), for last/trainer.pt.
+        Collective: gathers every rank's RNG."""
         rng = {
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
         }
         return {
             "step": self.step,
-            "optimizers": [opt.state_dict() for opt in self.optimizers],
+            "optimizers": [] if self.sharded else [opt.state_dict() for opt in self.optimizers],
             "scaler": self.scaler.state_dict(),
             "best_val_loss": self.best_val,
             "losses": self.losses,
@@ -220,14 +257,45 @@ class Trainer:
             "rng_per_rank": gather_to_all(self.me, rng),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if len(state["optimizers"]) != len(self.optimizers):
+    def load_last(self, ckpt_dir: Path, trained_with: str) -> None:
+        """Weights, optimizer state and the rest from a last/ checkpoint however it was saved (one file or
+        shards) and on however many processes, into this model plain, under DDP or sharded.
+        trained_with: the optimizer the checkpoint's run used."""
+        if trained_with != self.tc.optimizer:
             raise GptlabError(
                 f"the checkpoint was trained with another optimizer than --optimizer {self.tc.optimizer}; resume "
                 "without changing it"
             )
-        for opt, opt_state in zip(self.optimizers, state["optimizers"]):
-            opt.load_state_dict(opt_state)
+        state = load_trainer_state(ckpt_dir)
+        if is_sharded(ckpt_dir):
+            shards = self.shards()  # the layout to fill: this job's shards, or whole tensors
+            load_shards(ckpt_dir, shards, collective=self.sharded)
+            set_state_dict(
+                self.model, self.optimizers, model_state_dict=shards["model"], optim_state_dict=shards["optim"]
+            )
+        else:
+            whole = StateDictOptions(full_state_dict=True)  # each process keeps its part of the whole tensors
+            set_model_state_dict(self.model, load_checkpoint(ckpt_dir).model.state_dict(), options=whole)
+            if any(saved["state"] for saved in state["optimizers"]):  # else saved before the first update: fresh
+                optim = optimizer_state_by_name(self.model, self.optimizers, state["optimizers"])
+                set_optimizer_state_dict(self.model, self.optimizers, optim, options=whole)
+        self.load_state_dict(state)
+
+    def shards(self) -> dict[str, Any]:
+        """Model and optimizer state keyed by parameter name, as torch.distributed.checkpoint saves it.
+        torch gives an optimizer that has not stepped yet a state by stepping it with zero gradients at
+        lr 0; that step is not counted, so the first real update is still step 1 (Adam's bias correction
+        counts steps) and a run saved before its first update resumes exactly."""
+        unstarted = [opt for opt in self.optimizers if not opt.state]
+        model, optim = get_state_dict(self.model, self.optimizers)
+        for opt in unstarted:
+            for param_state in opt.state.values():
+                if "step" in param_state:
+                    param_state["step"].zero_()
+        return {"model": model, "optim": optim}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """All of trainer.pt but the optimizers (load_last loads those with the weights)."""
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.best_val, self.losses = state["step"], state["best_val_loss"], state["losses"]
         self.batch_gen.set_state(state["batch_rng"])
@@ -247,7 +315,20 @@ class Trainer:
     def save_last(self, losses: dict[str, float] | None = None) -> None:
         self.check_weights(losses)  # a checkpoint is written only from weights known to be good
         state = self.state_dict()  # on every rank: it gathers
-        if self.me.is_main:
+        if self.sharded:  # each rank writes its shards; all stop together if any write fails
+            shards = self.shards()
+            agree(
+                self.me,
+                lambda: save_sharded_checkpoint(
+                    self.run_dir.last,
+                    shards,
+                    self.cfg,
+                    self.checkpoint_info(),
+                    files=[self.tokenizer_file],
+                    trainer_state=state,
+                ),
+            )
+        elif self.me.is_main:
             save_checkpoint(
                 self.run_dir.last,
                 self.model,
@@ -256,6 +337,7 @@ class Trainer:
                 files=[self.tokenizer_file],
                 trainer_state=state,
             )
+        if self.me.is_main:
             keep_history(self.run_dir.last, self.step, self.tc.keep_last)
         self.saved_step = self.step
 
@@ -293,8 +375,9 @@ class Trainer:
         for i, (x, y) in enumerate(batches):
             # DDP averages gradients across processes once, after the last micro-batch.
             no_sync = self.ddp.no_sync() if self.ddp is not None and i < len(batches) - 1 else contextlib.nullcontext()
+            # FSDP reduce-scatters after every micro-batch instead, so no process holds a whole gradient.
             with no_sync:
-                with autocast(self.device, self.tc.dtype):
+                with precision(self.device, self.tc):
                     _, loss = self.forward(x, y)
                 self.scaler.scale(loss / len(batches)).backward()
             loss_sum += loss.detach()
@@ -306,6 +389,7 @@ class Trainer:
         if self.tc.grad_clip > 0:
             for opt in self.optimizers:
                 self.scaler.unscale_(opt)  # clip the true gradients, not the scaled ones
+            # sharded: the norm of the whole gradient, summed over the shards (DTensor does that)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tc.grad_clip)
         for opt in self.optimizers:
             self.scaler.step(opt)  # skipped when fp16 gradients overflowed
@@ -317,12 +401,13 @@ class Trainer:
 
     @torch.no_grad()
     def probe_loss(self) -> float:
-        """The loss of the current weights on one fixed validation batch (its own generator: no RNG moves)."""
+        """The loss of the current weights on one fixed validation batch (its own generator: no RNG moves).
+        Every process calls it: a sharded model's forward pass is collective."""
         gen = torch.Generator().manual_seed(self.tc.seed + 1)
         x, y = self.data.get_batch("val", self.tc.batch_size, self.cfg.model.block_size, gen, self.device)
         was_training = self.model.training
         self.model.eval()
-        with autocast(self.device, self.tc.dtype):
+        with precision(self.device, self.tc):
             _, loss = self.model(x, y)
         self.model.train(was_training)
         return loss.item()
@@ -331,8 +416,9 @@ class Trainer:
         """Good weights are finite and give a finite loss (`losses` computed with them, else one probe batch).
         Checked before every checkpoint is written, so a diverged update (weights of 1e30 are finite, their
         loss is not) is never saved nor named as the last good checkpoint. Collective under torchrun."""
-        finite = all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
-        values = list(losses.values()) if losses is not None else ([self.probe_loss()] if finite else [])
+        local = (p.to_local() if hasattr(p, "to_local") else p for p in self.model.parameters())  # shards
+        finite = all(bool(torch.isfinite(p).all()) for p in local)
+        values = list(losses.values()) if losses is not None else [self.probe_loss()]
         finite = finite and all(math.isfinite(v) for v in values)
         if sum_over_ranks(self.me, torch.tensor(float(finite), device=self.device)).item() == self.me.world_size:
             return
@@ -380,33 +466,39 @@ class Trainer:
         improved = self.losses["val"] < self.best_val
         self.best_val = min(self.best_val, self.losses["val"])
         self.save_last(self.losses)
+        if improved:
+            self.save_best()
+        sample = self.sample_text() if self.tc.sample_tokens and (self.sharded or self.me.is_main) else None
         if not self.me.is_main:
             return
         self.metrics.write("eval", self.step, train_loss=self.losses["train"], val_loss=self.losses["val"])
-        if improved:
-            save_checkpoint(
-                self.run_dir.best, self.model, self.cfg, self.checkpoint_info(), files=[self.tokenizer_file]
-            )
         plot_loss(self.run_dir.path)
-        if self.tc.sample_tokens:
-            self.write_sample()
+        if sample is not None:
+            with self.run_dir.samples.open("a") as f:
+                f.write(f"--- step {self.step}, val loss {self.losses['val']:.4f}\n{sample}\n\n")
         tqdm.write(
             f"step {self.step:>6}: train loss {self.losses['train']:.4f}, val loss {self.losses['val']:.4f}"
             + (" (best)" if improved else "")
         )
 
-    def write_sample(self) -> None:
-        """Text from the model so far, appended to samples.txt; the same seed each time, so
-        successive samples differ only because the model did."""
+    def save_best(self) -> None:
+        """best/: one consolidated model.safetensors, however the model is spread over the processes."""
+        model = gathered_model(self.model, self.me) if self.sharded else self.model  # collective when sharded
+        if self.me.is_main:
+            save_checkpoint(self.run_dir.best, model, self.cfg, self.checkpoint_info(), files=[self.tokenizer_file])
+
+    def sample_text(self) -> str:
+        """Text from the model so far, for samples.txt; the same seed each time, so successive samples
+        differ only because the model did. A sharded model's forward passes are collective, so then
+        every rank generates (the same text, from the same seed)."""
         tokenizer = load_tokenizer(self.data.meta["tokenizer"]["kind"], self.data.dir)
         gen = torch.Generator(self.device).manual_seed(self.tc.seed)
-        with autocast(self.device, self.tc.dtype):
+        with precision(self.device, self.tc):
             ids = generate(
                 self.model, [tokenizer.eot_id], self.tc.sample_tokens, temperature=0.8, top_k=200, generator=gen
             )[0]
         self.model.train()  # generate() switched it to eval mode
-        with self.run_dir.samples.open("a") as f:
-            f.write(f"--- step {self.step}, val loss {self.losses['val']:.4f}\n{tokenizer.decode(ids)}\n\n")
+        return tokenizer.decode(ids)
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -470,11 +562,13 @@ class Trainer:
                 if signum and self.step < tc.max_iters:
                     if self.saved_step != self.step:
                         self.save_last()
-                    raise TrainingInterrupted(
+                    interrupted = TrainingInterrupted(
                         f"stopped by {signal.Signals(signum).name} after step {self.step}: saved {self.run_dir.last}; "
                         f"continue with `gptlab train --resume {self.run_dir.path}`",
                         signum,
                     )
+                    interrupted.silent = not me.is_main  # every rank stops; rank 0 says so
+                    raise interrupted
             if self.step < tc.max_iters and self.saved_step != self.step:  # stopped at stop_at: resumable from here
                 self.save_last()
         finally:
@@ -515,32 +609,41 @@ def train(
 
     init_from: a checkpoint (or run directory) whose weights and architecture the run starts from
     (fine-tuning); cfg.model.dropout still applies, the optimizer starts fresh at step 0.
-    Everything is checked, and the model built, before the run directory is created; a start that
-    fails before its first checkpoint removes it again.
+    Under torchrun every process checks everything and builds its model before rank 0 creates the
+    run directory: a refusal anywhere stops all of them with one line and leaves nothing behind. A
+    run replaced with overwrite comes back if the new one fails before its first checkpoint.
     """
     run_dir = Path(out_dir)
     inputs = [data_dir, *([init_from] if init_from is not None else [])]
-    check_output_dir(run_dir, RUN_OUTPUT, overwrite, inputs)  # first: a refused --out costs nothing
-    data = TokenData(data_dir)
-    start = None
-    if init_from is not None:
-        start = load_checkpoint(init_from)
-        check_same_tokenizer(data.dir, data.meta, start.dir, start.info)
-        cfg.model = dataclasses.replace(start.config.model, dropout=cfg.model.dropout)
-    cfg.model.vocab_size = data.vocab_size
-    cfg.validate()
-    data.check_fits(cfg.model.block_size, cfg.train.batch_size)
-    me, device = init_distributed(cfg.train.device)
+    me, device = init_distributed(cfg.train.device, cfg.train.parallel)
     try:
-        setup_device(device, cfg.train.tf32, cfg.train.threads)
-        check_memory(cfg, device)
+
+        def check() -> tuple[TokenData, Any]:
+            check_output_dir(run_dir, RUN_OUTPUT, overwrite, inputs)  # first: a refused --out costs nothing
+            data = TokenData(data_dir)
+            start = None
+            if init_from is not None:
+                start = load_checkpoint(init_from)
+                check_same_tokenizer(data.dir, data.meta, start.dir, start.info)
+                cfg.model = dataclasses.replace(start.config.model, dropout=cfg.model.dropout)
+            cfg.model.vocab_size = data.vocab_size
+            cfg.validate()
+            data.check_fits(cfg.model.block_size, cfg.train.batch_size)
+            check_layout(cfg.train, me, device)
+            setup_device(device, cfg.train.tf32, cfg.train.threads)
+            check_memory(cfg, device, me.world_size)
+            return data, start
+
+        data, start = agree(me, check)
         with contextlib.ExitStack() as held:
             on_main(me, lambda: held.enter_context(claim_output(run_dir, RUN_OUTPUT, overwrite, inputs)))
-            trainer = build_trainer(cfg, data, run_dir, me, device)
-            if start is not None:
-                trainer.model.load_state_dict(start.model.state_dict())
+            trainer = agree(me, lambda: build_trainer(cfg, data, run_dir, me, device))
             record = run_record(cfg, run_dir, data.dir, **({"init_from": str(start.dir)} if start else {}))
             on_main(me, lambda: create_run_dir(run_dir, record))
+            if start is not None:
+                set_model_state_dict(
+                    trainer.model, start.model.state_dict(), options=StateDictOptions(full_state_dict=True)
+                )
             if me.is_main:
                 trainer.on_first_checkpoint = lambda: remove_directory(old_path(run_dir))  # the replaced run
             try:
@@ -558,6 +661,8 @@ def resume(
 ) -> TrainResult:
     """Continue a run from its last/ checkpoint: weights, optimizer, scaler, step, sampler position
     and RNG states all come back, so (on CPU) the losses are the ones an uninterrupted run logs.
+    A sharded last/ (--parallel fsdp) resumes on any number of processes, and a one-file last/ resumes
+    sharded (--parallel fsdp under torchrun).
 
     overrides: train settings to change (e.g. a larger max_iters); the model cannot change.
     data_dir: where the data is now, if it moved (it must hold the same text and tokenizer); by
@@ -573,7 +678,6 @@ def resume(
             f"{run_dir} has no resumable checkpoint ({ckpt_dir / TRAINER_STATE} is missing): "
             "it stopped before its first checkpoint; start it again with --overwrite"
         )
-    verify_directory(ckpt_dir)
     info = read_info(ckpt_dir)
     cfg = RunConfig.from_dict(info["run"], source=str(ckpt_dir / CONFIG))
     cfg.train.stop_at = 0  # a stop belongs to the call that asked for it: a resume runs on unless given its own
@@ -584,28 +688,35 @@ def resume(
                 f"--{key} changes the model, which a resumed run cannot; start a new run with --init-from {ckpt_dir}"
             )
         set_field(cfg, key, value)
-    cfg.validate()
-    if data_dir is None:
-        recorded = {"dir": record.get("data_dir"), "from_run": record.get("data_dir_from_run")}
-        data_dir = find_data_dir(recorded, [run.path], run.config)
-    data = TokenData(data_dir)
-    check_same_tokenizer(data.dir, data.meta, ckpt_dir, info)
-    check_same_text(data, info, ckpt_dir)
-    data.check_fits(cfg.model.block_size, cfg.train.batch_size)
-    state = load_trainer_state(ckpt_dir)
-    if state["step"] >= cfg.train.max_iters:
-        raise GptlabError(
-            f"{run_dir} already finished its {cfg.train.max_iters} steps; to train on, resume with a larger --max-iters"
-        )
-    if 0 < cfg.train.stop_at <= state["step"]:
-        raise GptlabError(f"{run_dir} is already at step {state['step']}; give a --stop-at after it, or none")
-    me, device = init_distributed(cfg.train.device)
+    me, device = init_distributed(cfg.train.device, cfg.train.parallel)
     try:
-        setup_device(device, cfg.train.tf32, cfg.train.threads)
-        check_memory(cfg, device)  # a larger --batch-size than the run started with is checked too
+
+        def check() -> tuple[TokenData, dict[str, Any]]:
+            verify_directory(ckpt_dir)
+            cfg.validate()
+            recorded = {"dir": record.get("data_dir"), "from_run": record.get("data_dir_from_run")}
+            data = TokenData(data_dir if data_dir is not None else find_data_dir(recorded, [run.path], run.config))
+            check_same_tokenizer(data.dir, data.meta, ckpt_dir, info)
+            check_same_text(data, info, ckpt_dir)
+            data.check_fits(cfg.model.block_size, cfg.train.batch_size)
+            state = load_trainer_state(ckpt_dir)
+            if state["step"] >= cfg.train.max_iters:
+                raise GptlabError(
+                    f"{run_dir} already finished its {cfg.train.max_iters} steps; to train on, resume with a larger "
+                    "--max-iters"
+                )
+            if 0 < cfg.train.stop_at <= state["step"]:
+                raise GptlabError(f"{run_dir} is already at step {state['step']}; give a --stop-at after it, or none")
+            check_layout(cfg.train, me, device)
+            setup_device(device, cfg.train.tf32, cfg.train.threads)
+            check_memory(cfg, device, me.world_size)  # a larger --batch-size than the run started with too
+            return data, state
+
+        data, state = agree(me, check)
         with contextlib.ExitStack() as held:
             on_main(me, lambda: held.enter_context(claim_output(run.path)))  # no other process in this run
-            ckpt_dir = complete_directory(run.last)  # claiming put back a .last.old a killed save left aside
+            last = complete_directory(run.last)  # claiming put back a .last.old that a killed save left aside
+            trainer = agree(me, lambda: build_trainer(cfg, data, run_dir, me, device))
 
             def rewind_run_dir() -> None:
                 truncate_metrics(run_dir, state["step"])
@@ -613,9 +724,7 @@ def resume(
                     run.config, json.dumps({**record, **run_record(cfg, run.path, data.dir)}, indent=2) + "\n"
                 )
 
-            trainer = build_trainer(cfg, data, run_dir, me, device)
-            trainer.model.load_state_dict(load_checkpoint(ckpt_dir).model.state_dict())
-            trainer.load_state_dict(state)
+            agree(me, lambda: trainer.load_last(last, info["run"]["train"]["optimizer"]))
             on_main(me, rewind_run_dir)
             return trainer.run(progress)
     finally:
