@@ -296,3 +296,25 @@ def _counting(method, calls):
         return method(self, *args, **kwargs)
 
     return wrapped
+
+
+def test_report_into_a_missing_folder_creates_it(tiny_run, tmp_path, capsys):
+    out = tmp_path / "reports" / "new" / "tiny.md"
+    assert main(["report", str(tiny_run), "--out", str(out), "--no-eval"]) == 0
+    assert out.read_text().startswith("# Run report") and (out.parent / "tiny_loss.png").is_file()
+
+
+def test_save_in_the_console_never_overwrites_a_checkpoint_file(char_textgen, tiny_run, tmp_path):
+    import io
+
+    from gptlab.generation.console import Console
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_run / "best", ckpt)
+    before = tree_digest(ckpt)
+    out = io.StringIO()
+    console = Console(char_textgen, lambda prompt: "", out)
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):  # the last one: listed in checksums.json
+        console.handle(f"/save {ckpt / name}")
+    assert out.getvalue().count("belongs to a gptlab directory; refusing to overwrite it") == 3
+    assert tree_digest(ckpt) == before
