@@ -450,6 +450,22 @@ def train_over_a_run_holding_its_data(ws):
     return ["train", "--data", str(run / "data"), "--out", str(run), *TINY, "--overwrite"]
 
 
+def train_over_a_run_holding_its_preset(ws):
+    run = copy_run(ws)
+    (run / "mine.yaml").write_text("model:\n  n_layer: 1\n")
+    return [
+        "train",
+        "--data",
+        str(ws.data),
+        "--out",
+        str(run),
+        *TINY,
+        "--preset",
+        str(run / "mine.yaml"),
+        "--overwrite",
+    ]
+
+
 def train_out_is_a_file(ws):
     (ws.case / "run").write_text("not a directory")
     return ["train", "--data", str(ws.data), "--out", str(ws.case / "run"), *TINY]
@@ -682,6 +698,7 @@ CASES = {
     "export-hf --overwrite of the run it reads": (export_over_its_own_run, "an input of this command"),
     "train --overwrite of its data": (train_over_its_data, "an input of this command"),
     "train --overwrite of a run holding its data": (train_over_a_run_holding_its_data, "an input of this command"),
+    "train --overwrite of a run holding its preset file": (train_over_a_run_holding_its_preset, "an input of this"),
     "train --overwrite of a run whose config.json is corrupt": (overwrite_run_with_corrupt_config, "not a gptlab run"),
     # issue 13: paths, files and OS errors
     "train --out an existing file": (train_out_is_a_file, "is an existing file"),

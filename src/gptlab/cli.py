@@ -285,7 +285,8 @@ def cmd_train(args) -> None:
                 f"--init-from takes the model from the checkpoint; drop {flags} (only --dropout may change)"
             )
     cfg = build_config(args.preset, overrides)
-    train(cfg, args.data, args.out, overwrite=args.overwrite, init_from=args.init_from)
+    preset_file = (Path(args.preset),) if args.preset and Path(args.preset).is_file() else ()
+    train(cfg, args.data, args.out, overwrite=args.overwrite, init_from=args.init_from, reads=preset_file)
 
 
 def add_sampling_args(p) -> None:

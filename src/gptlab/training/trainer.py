@@ -604,17 +604,19 @@ def train(
     overwrite: bool = False,
     progress: bool | None = None,
     init_from: Path | None = None,
+    reads: tuple[Path, ...] = (),
 ) -> TrainResult:
     """Train a new run on a prepared data directory; `progress=None` shows the bar only on a terminal.
 
     init_from: a checkpoint (or run directory) whose weights and architecture the run starts from
     (fine-tuning); cfg.model.dropout still applies, the optimizer starts fresh at step 0.
+    reads: other files the config came from (a preset file): overwrite never replaces a run holding them.
     Under torchrun every process checks everything and builds its model before rank 0 creates the
     run directory: a refusal anywhere stops all of them with one line and leaves nothing behind. A
     run replaced with overwrite comes back if the new one fails before its first checkpoint.
     """
     run_dir = Path(out_dir)
-    inputs = [data_dir, *([init_from] if init_from is not None else [])]
+    inputs = [data_dir, *([init_from] if init_from is not None else []), *reads]
     me, device = init_distributed(cfg.train.device, cfg.train.parallel)
     try:
 
