@@ -191,7 +191,8 @@ class DirectoryLock:
     is no longer the file at that path, and tries again."""
 
     def __init__(self, final: Path):
-        self.final = Path(final)
+        self.shown = Path(final)
+        self.final = self.shown.resolve()  # one lock however the directory is named (., symlinked parents)
         self.path = self.final.parent / f".{self.final.name}.lock"
         self.fd: int | None = None
         self.made: list[Path] = []
@@ -220,7 +221,7 @@ class DirectoryLock:
                 holder = os.pread(fd, 500, 0).decode("utf-8", "replace").strip() or "another process"
                 os.close(fd)
                 raise GptlabError(
-                    f"{self.final} is in use by another gptlab process ({holder}); wait for it to finish or stop "
+                    f"{self.shown} is in use by another gptlab process ({holder}); wait for it to finish or stop "
                     "it, then try again"
                 ) from None
             try:
@@ -311,7 +312,7 @@ def claim_output(
     try:
         if kind is not None:
             check_output_dir(final, kind, overwrite, inputs, flag)  # again, now that no one else can change it
-        for line in clean_leftovers(final, inner=kind is None or kind.inner_leftovers):
+        for line in clean_leftovers(lock.final, inner=kind is None or kind.inner_leftovers):
             print(f"note: {line} (left by an interrupted gptlab process)", file=sys.stderr)
         yield final
     finally:
