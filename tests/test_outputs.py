@@ -125,7 +125,8 @@ def test_prepare_and_export_refuse_a_directory_another_process_writes(corpus_fil
 def test_leftovers_of_killed_processes_are_removed_with_a_note(corpus_file, tmp_path, capsys):
     data = tmp_path / "data"
     prepare([str(corpus_file)], data)
-    stale = [tmp_path / ".data.k1ll3d00.tmp", tmp_path / ".data.abcdefgh.trash", tmp_path / ".data.0a1b2c3d"]
+    stale = [tmp_path / f".{name}" for name in ("data.k1ll3d00.tmp", "data.abcdefgh.trash", "data.0a1b2c3d")]
+    stale += [tmp_path / "..data.old.abcdefgh.trash", tmp_path / "..data.0a1b2c3d.tmp.abcdefgh.trash"]
     for d in stale:
         (d / "sub").mkdir(parents=True)
         (d / "sub" / "train.bin").write_bytes(b"\0" * 100)

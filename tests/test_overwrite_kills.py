@@ -111,8 +111,9 @@ def test_overwrite_killed_at_random_moments_leaves_the_old_or_the_new_output(ver
 
     rng = random.Random(verb)
     outcomes, killed = [], 0
-    for _ in range(TRIALS):
-        _, code = in_child(forkserver, (verb, source, str(out), 2), kill_after=rng.uniform(0, duration))
+    for trial in range(TRIALS):  # half the kills in the first half of the run, half in the second (the swap)
+        moment = (trial % 2 + rng.random()) * duration / 2
+        _, code = in_child(forkserver, (verb, source, str(out), 2), kill_after=moment)
         killed += code == -9
         outcomes.append(version_of(verb, out, old))
         if outcomes[-1] == 2:  # back to the old version for the next trial

@@ -258,9 +258,10 @@ class DirectoryLock:
 
 
 def temporary_names(name: str | None) -> re.Pattern:
-    """Hidden temporary directories atomic_directory and remove_directory make for NAME (None: any name)."""
-    stem = re.escape(name) if name is not None else r".+"
-    return re.compile(rf"^\.{stem}\.[A-Za-z0-9_]{{8}}(\.tmp|\.trash)?$")
+    """Hidden temporary directories atomic_directory and remove_directory make for NAME (None: any name):
+    .NAME.XXXXXXXX.tmp, .NAME.XXXXXXXX.trash, and the .trash of a .NAME.old or of a swapped-out .tmp."""
+    stem = re.escape(name) if name is not None else r"[^/]+?"
+    return re.compile(rf"^\.{{1,2}}{stem}(\.old|\.\w{{8}}\.tmp)?\.\w{{8}}(\.tmp|\.trash)?$")
 
 
 def clean_leftovers(final: Path, inner: bool = False) -> list[str]:
