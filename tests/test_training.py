@@ -99,3 +99,17 @@ def test_run_directory_is_not_silently_replaced(prepared, tmp_path):
 def test_block_size_longer_than_the_data_is_refused(prepared, tmp_path):
     with pytest.raises(GptlabError, match="fewer than block_size"):
         train(tiny_run_config(block_size=100_000), prepared, tmp_path / "run")
+
+
+def test_after_eval_sees_every_evaluation_and_can_end_training_early(prepared, tmp_path):
+    seen = []
+
+    def after_eval(step, losses):
+        seen.append((step, losses["val"]))
+        return step >= 20  # stop at the evaluation of step 20 of 30
+
+    result = train(tiny_run_config(), prepared, tmp_path / "run", after_eval=after_eval)
+    evals = [r for r in read_metrics(tmp_path / "run") if r["kind"] == "eval"]
+    assert seen == [(r["step"], r["val_loss"]) for r in evals] and [s for s, _ in seen] == [0, 10, 20]
+    assert result.steps == 20 and load_trainer_state(tmp_path / "run" / "last")["step"] == 20
+    assert max(r["step"] for r in read_metrics(tmp_path / "run")) == 20  # no step was trained after it

@@ -10,6 +10,8 @@ gptlab info PRESET_OR_CONFIG_OR_CHECKPOINT [--batch-size N] [--vocab-size N] [--
 gptlab eval RUN_OR_CHECKPOINT [--text FILE ...]   loss, perplexity, bits per char/byte
 gptlab inspect RUN_OR_CHECKPOINT --out DIR [--prompt TEXT] [--compare RUN ...]   pictures
 gptlab report RUN                                 one Markdown page about a run
+gptlab sweep --data DIR --out SWEEP --param KEY=KIND:ARGS ... [--trials N] [--search tpe|random|grid] [--prune]
+gptlab compare RUN ...                            runs side by side, sorted by best val loss
 gptlab import-gpt2 HF_DIR --out CHECKPOINT     Hugging Face GPT-2 directory -> gptlab checkpoint
 gptlab export-hf RUN_OR_CHECKPOINT OUT_DIR     gptlab checkpoint -> Hugging Face directory
 
@@ -565,6 +567,87 @@ def cmd_report(args) -> None:
     print(f"wrote {write_report(args.run, args.out, evaluate=not args.no_eval)}")
 
 
+def add_sweep(sub) -> None:
+    p = sub.add_parser(
+        "sweep",
+        help="train many runs over a search space (Optuna) and compare them",
+        description="Train one run per trial under SWEEP/ (trial-NNNN, ordinary run directories), drawing each "
+        "trial's settings from the --param space; the other settings come from the preset and --key value, as in "
+        "`gptlab train` (--seed also seeds the search). Rerun the same command to go on after a stop; run it in "
+        "several processes (or machines sharing --storage) to split the trials. Writes SWEEP/summary.md, "
+        "summary.csv, params.png and curves.png, and prints the command that trains the best trial for longer. "
+        "See docs/sweeps.md.",
+    )
+    p.add_argument("--data", required=True, type=Path, help="data directory from `gptlab prepare`")
+    p.add_argument("--out", required=True, type=Path, help="sweep directory: the study, one run per trial, summary")
+    p.add_argument("--preset", help=f"named recipe: {', '.join(preset_names())}, or a .yaml file")
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=KIND:ARGS",
+        help="a swept train key (repeatable): KEY=loguniform:LOW:HIGH, KEY=uniform:LOW:HIGH or KEY=choice:A,B,...",
+    )
+    p.add_argument("--trials", type=int, help="trials in the study (grid: default and at most the grid's size)")
+    p.add_argument(
+        "--search",
+        choices=("tpe", "random", "grid"),
+        default="tpe",
+        help="how trials draw their settings: tpe (Optuna's default model), random, or every point of a choice grid",
+    )
+    p.add_argument(
+        "--prune",
+        action="store_true",
+        help="stop a trial whose val loss is worse than 3/4 of the completed trials' at the same step",
+    )
+    p.add_argument(
+        "--storage",
+        metavar="URL",
+        help="database of the study (default sqlite:///SWEEP/study.db); processes sharing it split the trials",
+    )
+    p.add_argument("--study-name", help="the study's name in --storage (default: the --out directory's name)")
+    add_config_overrides(p)
+    p.set_defaults(func=cmd_sweep)
+
+
+def cmd_sweep(args) -> None:
+    from gptlab.sweeps.space import parse_space
+    from gptlab.sweeps.study import Sweep
+
+    fixed = config_overrides(args)
+    sweep = Sweep(
+        args.out,
+        args.data,
+        parse_space(args.param, fixed),
+        preset=args.preset,
+        fixed=fixed,
+        search=args.search,
+        trials=args.trials,
+        prune=args.prune,
+        storage=args.storage,
+        study_name=args.study_name,
+    )
+    print(sweep.run().text())
+
+
+def add_compare(sub) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="runs side by side: best val loss, steps, time and the settings that differ",
+        description="Print one Markdown table of runs sorted by best val loss (the table of `gptlab sweep`), "
+        "with a column for each setting that differs among them.",
+    )
+    p.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="run directories written by `gptlab train`")
+    p.add_argument("--csv", type=Path, metavar="PATH", help="also write the table as CSV, full precision")
+    p.set_defaults(func=cmd_compare)
+
+
+def cmd_compare(args) -> None:
+    from gptlab.sweeps.summary import compare_runs
+
+    print(compare_runs(args.runs, args.csv))
+
+
 def add_import_gpt2(sub) -> None:
     p = sub.add_parser(
         "import-gpt2",
@@ -626,6 +709,8 @@ def build_parser() -> Parser:
     add_eval(sub)
     add_inspect(sub)
     add_report(sub)
+    add_sweep(sub)
+    add_compare(sub)
     add_import_gpt2(sub)
     add_export_hf(sub)
     return parser

@@ -93,6 +93,11 @@ from gptlab.training.schedule import lr_at
 
 CPU = torch.device("cpu")
 
+# Called after every evaluation with (step, {"train": loss, "val": loss}); returning True ends training
+# there, resumable like a --stop-at (a sweep's pruner uses it). Under torchrun every process calls it
+# with the same losses, and it must answer the same on each.
+AfterEval = Callable[[int, dict[str, float]], bool]
+
 
 @dataclass
 class TrainResult:
@@ -237,6 +242,8 @@ class Trainer:
         self.peak_flops = peak_flops(device, tc.peak_flops)
         self.metrics: MetricsLog | None = None  # opened by run(), on rank 0
         self.on_first_checkpoint: Callable[[], None] = lambda: None  # train() drops the run it replaced
+        self.after_eval: AfterEval | None = None
+        self.stop_early = False  # after_eval asked to end training
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -468,6 +475,8 @@ class Trainer:
         self.save_last(self.losses)
         if improved:
             self.save_best()
+        if self.after_eval is not None:
+            self.stop_early = bool(self.after_eval(self.step, dict(self.losses)))
         sample = self.sample_text() if self.tc.sample_tokens and (self.sharded or self.me.is_main) else None
         if not self.me.is_main:
             return
@@ -502,8 +511,9 @@ class Trainer:
 
     # -- the loop --------------------------------------------------------------------------------
 
-    def run(self, progress: bool | None = None) -> TrainResult:
+    def run(self, progress: bool | None = None, after_eval: AfterEval | None = None) -> TrainResult:
         tc, me = self.tc, self.me
+        self.after_eval = after_eval
         start_step = self.step
         if me.is_main:
             self.metrics = MetricsLog(self.run_dir.path, tc.tensorboard, start_step)
@@ -530,7 +540,7 @@ class Trainer:
             log_time, log_step = time.perf_counter(), self.step
             stop.install()
             end = tc.stop_at or tc.max_iters  # stop_at ends this call early; the schedule still spans max_iters
-            while self.step < end:
+            while self.step < end and not self.stop_early:
                 loss, lr = self.train_step()
                 bar.update(1)
                 if self.step % tc.log_interval == 0 or self.step == tc.max_iters:
@@ -559,7 +569,7 @@ class Trainer:
                     self.save_last()
                     log_time, log_step = time.perf_counter(), self.step  # nor is saving
                 signum = self.stop_signal(stop)
-                if signum and self.step < tc.max_iters:
+                if signum and self.step < tc.max_iters and not self.stop_early:
                     if self.saved_step != self.step:
                         self.save_last()
                     interrupted = TrainingInterrupted(
@@ -581,8 +591,9 @@ class Trainer:
         if me.is_main:
             steps = f"{ran} steps" + (f" (steps {start_step + 1}-{self.step})" if start_step else "")
             if self.step < tc.max_iters:
+                why = "as its after_eval asked" if self.stop_early else "as asked (--stop-at)"
                 tqdm.write(
-                    f"stopped at step {self.step} of {tc.max_iters} as asked (--stop-at): {steps} in {seconds:.1f}s; "
+                    f"stopped at step {self.step} of {tc.max_iters} {why}: {steps} in {seconds:.1f}s; "
                     f"saved {self.run_dir.last}; continue with `gptlab train --resume {self.run_dir.path}`"
                 )
             else:
@@ -604,12 +615,14 @@ def train(
     overwrite: bool = False,
     progress: bool | None = None,
     init_from: Path | None = None,
+    after_eval: AfterEval | None = None,
     reads: tuple[Path, ...] = (),
 ) -> TrainResult:
     """Train a new run on a prepared data directory; `progress=None` shows the bar only on a terminal.
 
     init_from: a checkpoint (or run directory) whose weights and architecture the run starts from
     (fine-tuning); cfg.model.dropout still applies, the optimizer starts fresh at step 0.
+    after_eval: see AfterEval.
     reads: other files the config came from (a preset file): overwrite never replaces a run holding them.
     Under torchrun every process checks everything and builds its model before rank 0 creates the
     run directory: a refusal anywhere stops all of them with one line and leaves nothing behind. A
@@ -649,7 +662,7 @@ def train(
             if me.is_main:
                 trainer.on_first_checkpoint = lambda: remove_directory(old_path(run_dir))  # the replaced run
             try:
-                return trainer.run(progress)
+                return trainer.run(progress, after_eval)
             except BaseException:
                 if trainer.saved_step is None and me.is_main:
                     restore_previous(run_dir)  # a start that failed before its first checkpoint: as it was
@@ -659,7 +672,11 @@ def train(
 
 
 def resume(
-    run_dir: Path, overrides: dict[str, Any] | None = None, data_dir: Path | None = None, progress: bool | None = None
+    run_dir: Path,
+    overrides: dict[str, Any] | None = None,
+    data_dir: Path | None = None,
+    progress: bool | None = None,
+    after_eval: AfterEval | None = None,
 ) -> TrainResult:
     """Continue a run from its last/ checkpoint: weights, optimizer, scaler, step, sampler position
     and RNG states all come back, so (on CPU) the losses are the ones an uninterrupted run logs.
@@ -728,6 +745,6 @@ def resume(
 
             agree(me, lambda: trainer.load_last(last, info["run"]["train"]["optimizer"]))
             on_main(me, rewind_run_dir)
-            return trainer.run(progress)
+            return trainer.run(progress, after_eval)
     finally:
         shutdown_distributed()
