@@ -668,6 +668,7 @@ def train(
                     restore_previous(run_dir)  # a start that failed before its first checkpoint: as it was
                 raise
     finally:
+        trainer = None  # DDP's reducer holds the process group: freed after it, gloo's teardown can hang
         shutdown_distributed()
 
 
@@ -747,4 +748,5 @@ def resume(
             on_main(me, rewind_run_dir)
             return trainer.run(progress, after_eval)
     finally:
+        trainer = None  # DDP's reducer holds the process group: freed after it, gloo's teardown can hang
         shutdown_distributed()
