@@ -15,6 +15,7 @@ PACKAGE = Path(gptlab.__file__).parent
 LAYERS = [
     "errors",
     "atomic",
+    "outputs",
     "config",
     "device",
     "tokenizers",

@@ -79,6 +79,9 @@ def tree_digest(root: Path) -> dict[str, str]:
             out[os.path.relpath(os.path.join(dirpath, name), root)] = "dir"
         for name in filenames:
             path = os.path.join(dirpath, name)
+            if not os.path.isfile(path):  # a FIFO (reading it would wait for a writer), a broken link
+                out[os.path.relpath(path, root)] = "special"
+                continue
             out[os.path.relpath(path, root)] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
     return out
 
@@ -397,6 +400,240 @@ def negative_token_count(ws):
     return ["sample", str(ws.run), "--max-new-tokens", "-1"]
 
 
+# ---- issue 13: overwrites that would have lost data (the digest check proves every file is still there, byte for
+# byte), paths that are files or folders where the other belongs, files that are not what meta.json says
+
+
+def prepare_over_its_own_source_folder(ws):
+    notes = ws.case / "notes"
+    notes.mkdir()
+    (notes / "a.txt").write_text("my notes, which are precious\n" * 20)
+    return ["prepare", str(notes), "--out", str(notes), "--overwrite"]
+
+
+def prepare_over_a_project_folder(ws):
+    (ws.case / "project").mkdir()
+    (ws.case / "project" / "main.py").write_text("print('hello')\n")
+    return ["prepare", str(ws.corpus), "--out", str(ws.case / "project"), "--overwrite"]
+
+
+def prepare_over_the_folder_holding_its_source(ws):
+    shutil.copytree(ws.data, ws.case / "data")  # a data directory the user also keeps a source in
+    (ws.case / "data" / "source.txt").write_text(ws.corpus.read_text())
+    return ["prepare", str(ws.case / "data" / "source.txt"), "--out", str(ws.case / "data"), "--overwrite"]
+
+
+def import_over_its_own_source(ws):
+    hf = ws.case / "hf"
+    assert main(["export-hf", str(ws.run), str(hf)]) == 0
+    return ["import-gpt2", str(hf), "--out", str(hf), "--overwrite"]
+
+
+def export_over_a_run(ws):
+    run = copy_run(ws)
+    return ["export-hf", str(ws.run), str(run), "--overwrite"]
+
+
+def export_over_its_own_run(ws):
+    run = copy_run(ws)
+    return ["export-hf", str(run), str(run), "--overwrite"]
+
+
+def train_over_its_data(ws):
+    shutil.copytree(ws.data, ws.case / "data")
+    return ["train", "--data", str(ws.case / "data"), "--out", str(ws.case / "data"), *TINY, "--overwrite"]
+
+
+def train_over_a_run_holding_its_data(ws):
+    run = copy_run(ws)
+    shutil.copytree(ws.data, run / "data")
+    return ["train", "--data", str(run / "data"), "--out", str(run), *TINY, "--overwrite"]
+
+
+def train_over_a_run_holding_its_preset(ws):
+    run = copy_run(ws)
+    (run / "mine.yaml").write_text("model:\n  n_layer: 1\n")
+    return [
+        "train",
+        "--data",
+        str(ws.data),
+        "--out",
+        str(run),
+        *TINY,
+        "--preset",
+        str(run / "mine.yaml"),
+        "--overwrite",
+    ]
+
+
+def train_out_is_a_file(ws):
+    (ws.case / "run").write_text("not a directory")
+    return ["train", "--data", str(ws.data), "--out", str(ws.case / "run"), *TINY]
+
+
+def prepare_out_is_a_file(ws):
+    (ws.case / "out").write_text("not a directory")
+    return ["prepare", str(ws.corpus), "--out", str(ws.case / "out"), "--overwrite"]
+
+
+def out_under_a_file(ws):
+    (ws.case / "file").write_text("not a directory")
+    return ["prepare", str(ws.corpus), "--out", str(ws.case / "file" / "data")]
+
+
+def out_is_a_symlink(ws):
+    shutil.copytree(ws.data, ws.case / "real")
+    (ws.case / "link").symlink_to(ws.case / "real")
+    return ["prepare", str(ws.corpus), "--out", str(ws.case / "link"), "--overwrite"]
+
+
+def out_parent_not_writable(ws):
+    if os.access("/sys", os.W_OK) or not os.path.isdir("/sys"):  # root writes anywhere but in /sys
+        return ["prepare", str(ws.corpus), "--out", "/sys/gptlab-test/data"]
+    (ws.case / "ro").mkdir(mode=0o555)
+    return ["prepare", str(ws.corpus), "--out", str(ws.case / "ro" / "data")]
+
+
+def non_utf8_file_name(ws):
+    folder = ws.case / "texts"
+    folder.mkdir()
+    (folder / "a.txt").write_text("plain text\n" * 20)
+    with open(os.path.join(os.fsencode(folder), b"caf\xe9.txt"), "w") as f:
+        f.write("latin-1 named\n" * 20)
+    return ["prepare", str(folder), "--out", str(ws.case / "out")]
+
+
+def non_utf8_out_name(ws):
+    return ["prepare", str(ws.corpus), "--out", os.fsdecode(os.fsencode(ws.case) + b"/caf\xe9")]
+
+
+def fifo_source(ws):
+    os.mkfifo(ws.case / "pipe")
+    return ["prepare", str(ws.case / "pipe"), "--out", str(ws.case / "out")]
+
+
+def too_little_text_to_train(ws):
+    (ws.case / "abc.txt").write_text("abc")
+    return ["prepare", str(ws.case / "abc.txt"), "--out", str(ws.case / "out")]
+
+
+def data_with_ids_outside_the_vocabulary(ws):
+    shutil.copytree(ws.data, ws.case / "data")
+    val = ws.case / "data" / "val.bin"
+    ids = bytearray(val.read_bytes())
+    ids[10:12] = (60000).to_bytes(2, "little")
+    val.write_bytes(bytes(ids))
+    write_checksums(ws.case / "data")  # a file that still matches its checksum: the id check itself must catch it
+    return ["train", "--data", str(ws.case / "data"), "--out", str(ws.case / "run"), *TINY]
+
+
+def cut_data(ws) -> Path:
+    shutil.copytree(ws.data, ws.case / "data")
+    train_bin = ws.case / "data" / "train.bin"
+    train_bin.write_bytes(train_bin.read_bytes()[:1000])
+    return ws.case / "data"
+
+
+def resume_on_cut_token_files(ws):
+    run, data = copy_run(ws), cut_data(ws)
+    return ["train", "--resume", str(run), "--data", str(data), "--max_iters", "4"]
+
+
+def eval_on_cut_token_files(ws):
+    return ["eval", str(ws.run), "--data", str(cut_data(ws)), "--split", "train"]
+
+
+def eval_on_data_with_another_tokenizer_of_the_same_size(ws):
+    text = ws.corpus.read_text()
+    chars = sorted(set(text) - {"\n"})
+    swap = str.maketrans(chars[-1], "\u00e9")  # one character replaced: the vocabulary size stays, the vocabulary not
+    (ws.case / "other.txt").write_text(text.translate(swap))
+    prepare([str(ws.case / "other.txt")], ws.case / "other")
+    return ["eval", str(ws.run), "--data", str(ws.case / "other")]
+
+
+def eval_text_not_utf8(ws):
+    (ws.case / "latin1.txt").write_bytes("Où est le café ?\n".encode("latin-1"))
+    return ["eval", str(ws.run), "--text", str(ws.case / "latin1.txt")]
+
+
+def resume_run_with_corrupt_config(ws):
+    run = copy_run(ws)
+    (run / "config.json").write_text('{"run": {"model"')
+    return ["train", "--resume", str(run), "--max_iters", "4"]
+
+
+def overwrite_run_with_corrupt_config(ws):
+    run = copy_run(ws)
+    (run / "config.json").write_text('{"run": {"model"')
+    return ["train", "--data", str(ws.data), "--out", str(run), *TINY, "--overwrite"]
+
+
+def init_from_without_its_tokenizer(ws):
+    ckpt = copy_checkpoint(ws)
+    (ckpt / "tokenizer.json").unlink()
+    return ["train", "--data", str(ws.data), "--out", str(ws.case / "run"), *TINY, "--init-from", str(ckpt)]
+
+
+def inspect_out_is_a_file(ws):
+    (ws.case / "pictures").write_text("not a folder")
+    return ["inspect", str(ws.run), "--out", str(ws.case / "pictures"), "--only", "loss"]
+
+
+def inspect_top_zero(ws):
+    return ["inspect", str(ws.run), "--out", str(ws.case / "pictures"), "--only", "next-token", "--top", "0"]
+
+
+def report_out_is_a_folder(ws):
+    (ws.case / "report").mkdir()
+    return ["report", str(ws.run), "--out", str(ws.case / "report"), "--no-eval"]
+
+
+def report_over_the_runs_config(ws):
+    run = copy_run(ws)
+    return ["report", str(run), "--out", str(run / "config.json"), "--no-eval"]
+
+
+def report_on_corrupt_metrics(ws):
+    run = copy_run(ws)
+    (run / "metrics.jsonl").write_text('{"kind": "eval", "step": 0}\n\x00\x01garbage\n{"kind": "eval", "step": 1}\n')
+    return ["report", str(run), "--no-eval"]
+
+
+def report_on_corrupt_config(ws):
+    run = copy_run(ws)
+    (run / "config.json").write_text("[1, 2")
+    return ["report", str(run), "--no-eval"]
+
+
+def hf_dir_from_run(ws) -> Path:
+    hf = ws.case / "hf"
+    assert main(["export-hf", str(ws.run), str(hf)]) == 0
+    return hf
+
+
+def import_config_holding_a_list(ws):
+    hf = hf_dir_from_run(ws)
+    (hf / "config.json").write_text("[1, 2, 3]")
+    return ["import-gpt2", str(hf), "--out", str(ws.case / "imported")]
+
+
+def import_config_larger_than_its_weights(ws):
+    hf = hf_dir_from_run(ws)
+    config = json.loads((hf / "config.json").read_text())
+    (hf / "config.json").write_text(json.dumps({**config, "n_embd": 2**16, "n_head": 2**10}))  # 50 GB if built
+    return ["import-gpt2", str(hf), "--out", str(ws.case / "imported")]
+
+
+def checkpoint_config_larger_than_its_weights(ws):
+    ckpt = copy_checkpoint(ws)
+    info = json.loads((ckpt / "config.json").read_text())
+    info["run"]["model"].update(n_embd=2**16, n_head=2**10, n_layer=64)  # about 13 TB if it were built
+    (ckpt / "config.json").write_text(json.dumps(info))
+    write_checksums(ckpt)
+    return ["sample", str(ckpt), "--max-new-tokens", "5"]
+
+
 CASES = {
     # name: (build, words the message holds)
     "missing input": (missing_input, "no such file"),
@@ -410,7 +647,7 @@ CASES = {
     "prepare over an existing data directory": (prepare_over_existing_data, "--overwrite"),
     "not a data directory": (not_a_data_directory, "gptlab prepare"),
     "corpus shorter than block_size + 1": (corpus_shorter_than_block, "fewer than block_size + 1"),
-    "val split empty (data directory)": (val_split_empty, "val split is empty"),
+    "token files emptied after prepare": (val_split_empty, "were cut or changed after `gptlab prepare`"),
     "batch larger than the data": (batch_larger_than_data, "--batch-size"),
     "unknown preset": (unknown_preset, "unknown preset"),
     "unknown config key in a preset file": (unknown_key_in_preset_file, "unknown config key 'n_layers'"),
@@ -449,6 +686,49 @@ CASES = {
     "prompt outside the char vocabulary": (prompt_outside_vocabulary, "not in this model's vocabulary"),
     "prompt longer than the context": (prompt_longer_than_context, "longer than the model's context"),
     "negative token count": (negative_token_count, "--max-new-tokens"),
+    # issue 13: data loss
+    "prepare --overwrite of its own source folder": (prepare_over_its_own_source_folder, "an input of this command"),
+    "prepare --overwrite of a project folder": (prepare_over_a_project_folder, "is not a gptlab data directory"),
+    "prepare --overwrite of a folder holding its source": (
+        prepare_over_the_folder_holding_its_source,
+        "an input of this command",
+    ),
+    "import-gpt2 --overwrite of its own source": (import_over_its_own_source, "an input of this command"),
+    "export-hf --overwrite of a run": (export_over_a_run, "is not a Hugging Face export"),
+    "export-hf --overwrite of the run it reads": (export_over_its_own_run, "an input of this command"),
+    "train --overwrite of its data": (train_over_its_data, "an input of this command"),
+    "train --overwrite of a run holding its data": (train_over_a_run_holding_its_data, "an input of this command"),
+    "train --overwrite of a run holding its preset file": (train_over_a_run_holding_its_preset, "an input of this"),
+    "train --overwrite of a run whose config.json is corrupt": (overwrite_run_with_corrupt_config, "not a gptlab run"),
+    # issue 13: paths, files and OS errors
+    "train --out an existing file": (train_out_is_a_file, "is an existing file"),
+    "prepare --out an existing file": (prepare_out_is_a_file, "is an existing file"),
+    "--out under a file": (out_under_a_file, "is a file, not a folder"),
+    "--out a symbolic link": (out_is_a_symlink, "symbolic link"),
+    "--out in a folder that is not writable": (out_parent_not_writable, "writ"),
+    "a file name that is not UTF-8": (non_utf8_file_name, "not valid UTF-8; rename it"),
+    "an --out name that is not UTF-8": (non_utf8_out_name, "not valid UTF-8; rename it"),
+    "a FIFO given to prepare": (fifo_source, "is a pipe or a device"),
+    "too little text to train on": (too_little_text_to_train, "supports a block_size of at most"),
+    "token ids outside the vocabulary": (data_with_ids_outside_the_vocabulary, "outside the vocabulary"),
+    "--resume on token files cut short": (resume_on_cut_token_files, "were cut or changed"),
+    "eval on token files cut short": (eval_on_cut_token_files, "were cut or changed"),
+    "eval on data whose tokenizer differs, same size": (
+        eval_on_data_with_another_tokenizer_of_the_same_size,
+        "another tokenizer",
+    ),
+    "eval --text not UTF-8 (the advice names a flag eval has)": (eval_text_not_utf8, "--encoding-errors replace"),
+    "--resume a run whose config.json is corrupt": (resume_run_with_corrupt_config, "not valid JSON"),
+    "--init-from a checkpoint without its tokenizer": (init_from_without_its_tokenizer, "missing"),
+    "inspect --out an existing file": (inspect_out_is_a_file, "is an existing file"),
+    "inspect --top 0": (inspect_top_zero, "--top must be at least 1"),
+    "report --out a folder": (report_out_is_a_folder, "is a directory"),
+    "report --out the run's config.json": (report_over_the_runs_config, "is an input of this command"),
+    "report on corrupt metrics": (report_on_corrupt_metrics, "line 2 is not a metrics row"),
+    "report on a corrupt config.json": (report_on_corrupt_config, "not valid JSON"),
+    "import-gpt2 with a config.json holding a list": (import_config_holding_a_list, "not a JSON object"),
+    "import-gpt2 with a config larger than its weights": (import_config_larger_than_its_weights, "does not match"),
+    "a checkpoint config larger than its weights": (checkpoint_config_larger_than_its_weights, "does not match"),
 }
 NEEDS_NO_CUDA = {"train --device cuda without CUDA", "sample --device cuda without CUDA"}
 

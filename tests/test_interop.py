@@ -68,7 +68,7 @@ def test_import_refuses_what_gpt2_in_gptlab_cannot_compute(hf_dir):
         with pytest.raises(GptlabError, match=message):
             gpt2_model_from_hf(hf_dir)
     (hf_dir / "config.json").write_text(json.dumps({**config, "n_embd": 64}))
-    with pytest.raises(GptlabError, match="shape"):
+    with pytest.raises(GptlabError, match="does not match its config.json"):
         gpt2_model_from_hf(hf_dir)
 
 
@@ -283,7 +283,7 @@ def test_export_never_replaces_a_directory_it_did_not_write(char_run, tmp_path, 
     shutil.rmtree(out)
     assert main(["export-hf", str(char_run), str(out)]) == 0
     assert main(["export-hf", str(char_run), str(out), "--overwrite"]) == 0
-    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} == {
+    assert {"checksums.json", "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} == {
         p.name for p in out.iterdir()
     }
 

@@ -1,19 +1,26 @@
 """Directories that are either complete or absent, with a checksum of every file.
 
-A directory is built in a hidden temporary sibling, each file's SHA-256 recorded in checksums.json,
-everything fsynced, then renamed into place (and the parent fsynced), so a crash or power loss at
-any moment leaves the previous directory or the new one, never a half-written one under the final
-name. Replacing an existing directory takes two renames (old aside, new in); a crash between them
-leaves the old one as `.NAME.old`, which `complete_directory` falls back to.
+`atomic_directory` is the one way gptlab writes a directory (data directories, run directories,
+checkpoints, Hugging Face exports). The directory is built in a hidden temporary sibling
+`.NAME.XXXXXXXX.tmp`, each file's SHA-256 recorded in checksums.json, its files made 0644 (as the
+umask allows), everything fsynced, then put in place with one atomic rename. An existing directory
+is swapped with the new one in a single step (Linux renameat2 RENAME_EXCHANGE, macOS RENAME_SWAP),
+so a kill at any moment leaves the old directory or the new one under NAME, never neither. Where
+the system cannot swap, the old one is renamed aside to `.NAME.old` first; a crash between the two
+renames leaves it there, and `complete_directory` (and the next gptlab process, see
+`gptlab.outputs`) falls back to it.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
 import json
 import os
+import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +29,7 @@ from pathlib import Path
 from gptlab.errors import GptlabError
 
 CHECKSUMS = "checksums.json"
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # the disk, the quota or the file size limit is full
 
 
 def sha256_file(path: Path) -> str:
@@ -43,13 +51,23 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Replace a small file whole: written beside it, fsynced, renamed over it."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    fsync_path(tmp)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        fsync_path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     fsync_path(path.parent)
 
 
@@ -77,32 +95,113 @@ def write_checksums(directory: Path) -> list[Path]:
     return files + [directory / CHECKSUMS]
 
 
+def _swap_function():
+    """The system call that exchanges two paths atomically, as f(a, b) -> 0 on success; None if there is none."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+    if sys.platform.startswith("linux") and hasattr(libc, "renameat2"):
+        at_fdcwd, rename_exchange = -100, 2
+        return lambda a, b: libc.renameat2(at_fdcwd, a, at_fdcwd, b, rename_exchange)
+    if sys.platform == "darwin" and hasattr(libc, "renamex_np"):
+        rename_swap = 2
+        return lambda a, b: libc.renamex_np(a, b, rename_swap)
+    return None
+
+
+_SWAP = _swap_function()
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step; False where the system or filesystem cannot."""
+    if _SWAP is None:
+        return False
+    if _SWAP(os.fsencode(a), os.fsencode(b)) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def replace_directory(new: Path, final: Path, keep_previous: bool = False) -> None:
+    """Put the directory `new` at `final`: whatever moment a kill lands, `final` is the old or the new one.
+    keep_previous: leave the old one at `.NAME.old` (for `restore_previous`) instead of removing it."""
+    old = old_path(final)
+    remove_directory(old)  # a previous version a replacement killed halfway set aside: final is complete
+    if not final.exists():
+        os.rename(new, final)
+    elif exchange(new, final):  # `new` now holds the old one
+        if keep_previous:
+            os.replace(new, old)
+        else:
+            remove_directory(new)  # a kill before this leaves a stale .NAME.*.tmp, removed by the next claim
+    else:
+        os.replace(final, old)
+        os.replace(new, final)
+    fsync_path(final.parent)
+    if not keep_previous:
+        remove_directory(old)
+
+
+def restore_previous(final: Path) -> None:
+    """Undo a replacement made with keep_previous: the old directory back at `final` (or, if there was
+    none, `final` removed)."""
+    old = old_path(final)
+    if not old.is_dir():
+        remove_directory(final)
+    elif exchange(old, final):
+        remove_directory(old)
+    else:
+        remove_directory(final)
+        os.replace(old, final)
+
+
+def disk_error(e: BaseException) -> int | None:
+    """The errno of a full disk (or quota, or file size limit) behind an exception, if that is what it is.
+
+    torch.save raises a RuntimeError with the OSError as its context (when it writes to a file
+    object); safetensors puts "(os error N)" in its message."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in DISK_ERRNOS:
+            return e.errno
+        found = re.search(r"\(os error (\d+)\)", str(e))
+        if found and int(found.group(1)) in DISK_ERRNOS:
+            return int(found.group(1))
+        e = e.__cause__ or e.__context__
+    return None
+
+
 @contextmanager
-def atomic_directory(final: Path) -> Iterator[Path]:
-    """Yield an empty directory to fill; on success it replaces `final` whole, with checksums; on error it vanishes."""
+def atomic_directory(final: Path, checksums: bool = True, keep_previous: bool = False) -> Iterator[Path]:
+    """Yield an empty directory to fill; on success it replaces `final` whole (with checksums.json unless
+    checksums=False; see replace_directory for keep_previous); on error or a signal it vanishes and
+    `final` is as it was."""
     final = Path(final)
+    if final.exists() and not final.is_dir():
+        raise GptlabError(f"{final} is a file, not a directory; choose another path")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary directory
+        mask = umask()
+        tmp.chmod(0o777 & ~mask)  # mkdtemp makes it private; the result is an ordinary directory
         yield tmp
-        for path in write_checksums(tmp):
+        files = write_checksums(tmp) if checksums else [p for p in tmp.rglob("*") if p.is_file()]
+        for path in files:
+            path.chmod(0o666 & ~mask)  # 0644 as usual: some writers (safetensors) make their files private
             fsync_path(path)
         fsync_path(tmp)
-        old = old_path(final)
-        if final.exists():  # final is complete, so an old one left by an earlier crash is not needed
-            remove_directory(old)
-            os.replace(final, old)
-        os.replace(tmp, final)
-        fsync_path(final.parent)
-        remove_directory(old)
+        replace_directory(tmp, final, keep_previous)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        code = disk_error(e)
+        if code is not None:
             kept = f"{final} keeps its previous version" if complete_directory(final) else f"{final} was not written"
-            raise GptlabError(
-                f"no space left on the disk while writing {final}; {kept}; free some space and try again"
-            ) from None
+            what = "no space left on the disk" if code != errno.EFBIG else "the file size limit was reached"
+            raise GptlabError(f"{what} while writing {final}; {kept}; free some space and try again") from None
         raise
 
 

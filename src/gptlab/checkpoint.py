@@ -54,9 +54,13 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 
 from gptlab.atomic import CHECKSUMS, atomic_directory, complete_directory, remove_directory, verify_directory
-from gptlab.config import RunConfig, json_kind, load_preset
+from gptlab.config import ModelConfig, RunConfig, json_kind, load_preset
+from gptlab.data.format import is_data_dir
+from gptlab.device import GiB, available_memory
 from gptlab.errors import GptlabError
 from gptlab.models import GPT, build_model
+from gptlab.models.info import build_on_meta
+from gptlab.outputs import OutputKind
 from gptlab.tokenizers import Tokenizer, load_tokenizer
 
 WEIGHTS = "model.safetensors"
@@ -111,7 +115,19 @@ class RunDir:
         return self.path / "report.md"
 
     def is_run(self) -> bool:
-        return self.config.is_file()
+        """Whether this is a run directory gptlab wrote: its config.json holds a "run" object (and it is not a
+        checkpoint, whose config.json does too)."""
+        try:
+            record = json.loads(self.config.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return False
+        return isinstance(record, dict) and isinstance(record.get("run"), dict) and not (self.path / WEIGHTS).exists()
+
+    def data_record(self, data_dir: Path) -> dict[str, str]:
+        """How config.json and each checkpoint record the data directory: its absolute path, and its path
+        relative to the run, so that a run moved together with its data still finds it."""
+        data_dir = os.path.abspath(data_dir)  # absolute and normalised (no "..")
+        return {"dir": data_dir, "from_run": os.path.relpath(data_dir, os.path.abspath(self.path))}
 
     def read_record(self) -> dict[str, Any]:
         """The run's config.json: {"run": RunConfig dict, "data_dir": ..., ...}."""
@@ -128,6 +144,18 @@ class RunDir:
                 f'{self.config} is not a gptlab run config (no "run" object); the run directory is damaged'
             )
         return record
+
+
+RUN_OUTPUT = OutputKind("a gptlab run", "that run", lambda path: RunDir(path).is_run(), ", or --resume it", True)
+
+
+def is_checkpoint(path: Path) -> bool:
+    """A checkpoint directory gptlab wrote (complete, with checksums.json)."""
+    path = Path(path)
+    return (path / CHECKSUMS).is_file() and (path / WEIGHTS).is_file() and RunDir(path).is_run()
+
+
+CHECKPOINT_OUTPUT = OutputKind("a gptlab checkpoint", "that checkpoint", is_checkpoint)
 
 
 @dataclass
@@ -154,7 +182,8 @@ def save_checkpoint(
         for f in files:
             shutil.copy2(f, tmp / Path(f).name)
         if trainer_state is not None:
-            torch.save(trainer_state, tmp / TRAINER_STATE)
+            with open(tmp / TRAINER_STATE, "wb") as f:  # a file object: a full disk then surfaces as OSError
+                torch.save(trainer_state, f)
     return ckpt_dir
 
 
@@ -194,7 +223,8 @@ def save_sharded_checkpoint(
             for f in files:
                 shutil.copy2(f, tmp / Path(f).name)
             if trainer_state is not None:
-                torch.save(trainer_state, tmp / TRAINER_STATE)
+                with open(tmp / TRAINER_STATE, "wb") as f:  # a file object: a full disk then surfaces as OSError
+                    torch.save(trainer_state, f)
     return Path(ckpt_dir)
 
 
@@ -263,12 +293,45 @@ def keep_history(last_dir: Path, step: int, keep_last: int) -> None:
         remove_directory(old)
 
 
+def find_data_dir(recorded: dict[str, Any], runs: list[Path], where: Path) -> Path:
+    """Where a run's data directory is now: at its recorded absolute path (or, in runs written before the
+    path was made absolute, relative to where train ran), else where it was relative to the run."""
+    candidates = [Path(recorded["dir"])] if recorded.get("dir") else []
+    if recorded.get("from_run"):
+        candidates += [Path(run) / recorded["from_run"] for run in runs]
+    for candidate in candidates:
+        if is_data_dir(candidate):
+            return candidate
+    raise GptlabError(
+        f"the data directory {recorded.get('dir')} recorded in {where} is gone (moved or deleted); pass --data DIR "
+        "with the same data where it is now"
+    )
+
+
+def check_same_tokenizer(data_dir: Path, meta: dict[str, Any], ckpt_dir: Path, info: dict[str, Any]) -> None:
+    """The one rule for "this data and this checkpoint share a tokenizer": the same kind, the same vocabulary
+    size, and the same tokenizer file byte for byte (the vocabulary itself)."""
+    ours, theirs = meta["tokenizer"], info["tokenizer"]
+    files = Path(data_dir) / ours["file"], Path(ckpt_dir) / theirs.get("file", "")
+    for file in files:
+        if not file.is_file():
+            raise GptlabError(f"the tokenizer file {file} is missing; prepare the data again or use another checkpoint")
+    if (ours["kind"], ours["vocab_size"]) != (theirs["kind"], theirs["vocab_size"]) or (
+        files[0].read_bytes() != files[1].read_bytes()
+    ):
+        raise GptlabError(
+            f"{data_dir} was prepared with another tokenizer than {ckpt_dir} ({ours['kind']}, vocab "
+            f"{ours['vocab_size']} vs {theirs['kind']}, vocab {theirs['vocab_size']}); use data prepared with the "
+            "checkpoint's tokenizer"
+        )
+
+
 def resolve_checkpoint(path: Path) -> Path:
     """A checkpoint directory, or a run directory (its best checkpoint, else its last)."""
     path = Path(path)
     for candidate in (path, RunDir(path).best, RunDir(path).last):
         found = complete_directory(candidate)
-        if found is not None:
+        if found is not None and ((found / WEIGHTS).is_file() or is_sharded(found)):  # not a data directory
             return found
     if not path.exists():
         raise GptlabError(f"{path}: no such checkpoint or run directory")
@@ -300,6 +363,39 @@ def read_info(ckpt_dir: Path) -> dict[str, Any]:
     return info
 
 
+def weight_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape, from a safetensors file's header alone."""
+    try:
+        with safe_open(str(weights), "pt") as f:
+            return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise GptlabError(
+            f"{weights} cannot be read ({str(e).splitlines()[0]}); the file is truncated or corrupt"
+        ) from None
+
+
+def check_weights_fit(cfg: ModelConfig, shapes: dict[str, tuple[int, ...]], weights: Path, device) -> None:
+    """Before a model is built from `cfg`: the weights file must hold tensors of the shapes `cfg` makes,
+    and the model must fit in the device's free memory. Compared on the meta device: nothing allocated."""
+    model = build_on_meta(cfg)
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    wrong = [
+        f"{name} {shape} vs {expected[name]}" for name, shape in shapes.items() if expected.get(name, shape) != shape
+    ]
+    if wrong:
+        raise GptlabError(
+            f"{weights} does not match its config.json ({', '.join(wrong[:2])}); the weights and the config come "
+            "from different models"
+        )
+    need = sum(p.numel() for p in model.parameters()) * 4  # float32
+    free = available_memory(torch.device(device))
+    if free is not None and need > free:
+        raise GptlabError(
+            f"the model in {weights.parent} needs {need / GiB:,.1f} GiB but {free / GiB:,.1f} GiB is free on "
+            f"{device}; free some memory or use a device with more"
+        )
+
+
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Checkpoint:
     ckpt_dir = resolve_checkpoint(path)
     verify_directory(ckpt_dir)
@@ -308,29 +404,14 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Checkpoin
     if not isinstance(kind, str):
         raise GptlabError(f"{ckpt_dir / CONFIG} does not say which tokenizer the model uses; the checkpoint is damaged")
     cfg = RunConfig.from_dict(info.pop("run"), source=str(ckpt_dir / CONFIG))
-    model = build_model(cfg.model)
     if is_sharded(ckpt_dir):  # a --parallel fsdp last/: the weights are in the shards
+        check_weights_fit(cfg.model, {}, ckpt_dir / WEIGHTS, device)  # the memory it takes
+        model = build_model(cfg.model)
         load_shards(ckpt_dir, {"model": model.state_dict()}, collective=False)
         return finish_loading(ckpt_dir, model, cfg, info, device)
     weights = ckpt_dir / WEIGHTS
-    try:
-        with safe_open(str(weights), "pt") as f:  # the header alone: names and shapes
-            shapes = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
-    except (SafetensorError, OSError) as e:
-        raise GptlabError(
-            f"{weights} cannot be read ({str(e).splitlines()[0]}); the file is truncated or corrupt"
-        ) from None
-    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
-    wrong = [
-        f"{name} {shapes[name]} vs {expected[name]}"
-        for name in shapes
-        if name in expected and shapes[name] != expected[name]
-    ]
-    if wrong:
-        raise GptlabError(
-            f"{weights} does not match its config.json ({', '.join(wrong[:2])}); the checkpoint was mixed with "
-            "another run's files"
-        )
+    check_weights_fit(cfg.model, weight_shapes(weights), weights, device)
+    model = build_model(cfg.model)
     missing, unexpected = load_model(model, str(weights), strict=False, device=str(device))
     if missing or unexpected:
         raise GptlabError(
@@ -351,6 +432,21 @@ def finish_loading(ckpt_dir: Path, model: GPT, cfg: RunConfig, info: dict[str, A
             "on"
         )
     return Checkpoint(dir=ckpt_dir, model=model, config=cfg, tokenizer=tokenizer, info=info)
+
+
+def untrained_best(ckpt_dir: Path) -> str:
+    """What to tell a user whose best/ checkpoint is the step-0 model."""
+    last = Path(ckpt_dir).parent / "last"
+    return (
+        f"{ckpt_dir} is the step-0 model (untrained weights): the val loss never went below its first value, "
+        f"so the best checkpoint is still the start; {last} holds the trained weights (give more text or train less "
+        "to stop overfitting)"
+    )
+
+
+def is_untrained_best(ckpt: Checkpoint) -> bool:
+    """A trained run's best/ that is still its step-0 model (an import is step 0 too, and is not untrained)."""
+    return ckpt.info.get("step") == 0 and "imported_from" not in ckpt.info and (ckpt.dir.parent / "last").is_dir()
 
 
 def load_trainer_state(ckpt_dir: Path) -> dict[str, Any]:

@@ -25,11 +25,13 @@ from __future__ import annotations
 import argparse
 import difflib
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from gptlab.config import build_config, field_ranges, field_types, preset_names
-from gptlab.errors import GptlabError
+from gptlab.errors import GptlabError, Terminated, os_error_message
 
 
 def dashed(argv: list[str]) -> list[str]:
@@ -286,7 +288,8 @@ def cmd_train(args) -> None:
                 f"--init-from takes the model from the checkpoint; drop {flags} (only --dropout may change)"
             )
     cfg = build_config(args.preset, overrides)
-    train(cfg, args.data, args.out, overwrite=args.overwrite, init_from=args.init_from)
+    preset_file = (Path(args.preset),) if args.preset and Path(args.preset).is_file() else ()
+    train(cfg, args.data, args.out, overwrite=args.overwrite, init_from=args.init_from, reads=preset_file)
 
 
 def add_sampling_args(p) -> None:
@@ -467,7 +470,7 @@ def load_for_eval(args):
 
 
 def cmd_eval(args) -> None:
-    from gptlab.data.sources import read_blocks
+    from gptlab.data.sources import read_blocks, text_file
     from gptlab.evaluation.eval import evaluate_split, evaluate_text
 
     if args.max_tokens is not None and args.max_tokens < 2:
@@ -475,9 +478,8 @@ def cmd_eval(args) -> None:
     ckpt = load_for_eval(args)
     if args.text:
         for path in args.text:
-            if not path.is_file():
-                raise GptlabError(f"{path}: no such file")
-            print(evaluate_text(ckpt, "".join(read_blocks(path, args.encoding_errors)), str(path)).summary())
+            text = "".join(read_blocks(text_file(path), args.encoding_errors))  # a pipe, <(command), is read once
+            print(evaluate_text(ckpt, text, str(path)).summary())
         return
     print(evaluate_split(ckpt, args.split, args.data, args.max_tokens).summary())
     if args.split == "val" and "val_loss" in ckpt.info:
@@ -745,17 +747,49 @@ def build_parser() -> Parser:
     return parser
 
 
+def raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def silence_stdout() -> None:
+    """After the reader of a pipe left: send what is still buffered nowhere, so exiting raises nothing more."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # not a real file (captured by a test)
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. The error boundary: a GptlabError or an OS error (permissions, a full disk, a path
+    that is a file or a folder where the other was expected, ...) is one line and exit 2; a closed pipe
+    (`gptlab sample ... | head`) ends quietly; Ctrl-C and SIGTERM clean up and exit 130 / 143. --debug
+    shows the traceback instead."""
     args = build_parser().parse_args(argv)
+    # Under torchrun the launcher stops its processes with SIGTERM, and one blocked in a collective would
+    # never get to raise it: there the default (end at once) stays, and training's own handler applies.
+    alone = threading.current_thread() is threading.main_thread() and os.environ.get("WORLD_SIZE", "1") == "1"
+    previous = signal.signal(signal.SIGTERM, raise_terminated) if alone else None
     try:
         args.func(args)
-    except GptlabError as e:
+    except BrokenPipeError:
+        silence_stdout()
+        return 128 + signal.SIGPIPE
+    except (GptlabError, OSError) as e:
         if args.debug:
             raise
+        if isinstance(e, OSError):
+            print(f"gptlab {args.command}: error: {os_error_message(e)}", file=sys.stderr)
+            return 2
         if not e.silent:  # under torchrun, rank 0 prints an error that every rank met
             print(f"gptlab {args.command}: {'error: ' if e.is_error else ''}{e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print(f"gptlab {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Terminated as e:
+        print(f"gptlab {args.command}: stopped by SIGTERM", file=sys.stderr)
+        return e.exit_code
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gptlab.data.format import read_meta
+from gptlab.data.format import read_meta, verify_tokens
 from gptlab.errors import GptlabError
 
 
@@ -63,6 +63,7 @@ class TokenData:
     def __init__(self, data_dir: Path):
         self.dir = Path(data_dir)
         self.meta = read_meta(self.dir)
+        verify_tokens(self.dir, self.meta)
         dtype = np.dtype(self.meta["dtype"])
         self.splits = {split: open_split(self.dir, self.meta["shards"][split], dtype) for split in ("train", "val")}
 
@@ -95,6 +96,11 @@ class TokenData:
         data = self.splits[split]
         starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator).tolist()
         window = np.stack([data[s : s + block_size + 1] for s in starts]).astype(np.int64)
+        if window.max() >= self.vocab_size:  # a corrupt file too large to scan when opened; the model would crash
+            raise GptlabError(
+                f"the {split} tokens of {self.dir} hold id {window.max()}, outside the vocabulary of "
+                f"{self.vocab_size}: the files are corrupt; run `gptlab prepare` again"
+            )
         xy = torch.from_numpy(window)
         x, y = xy[:, :-1], xy[:, 1:]
         if device.type == "cuda":

@@ -3,6 +3,8 @@
     meta.json           what was done: sources, documents per split, cleaning, tokenizer, sizes, content hash
     train.bin val.bin   flat token ids (numpy memmap), or train_000.bin, train_001.bin, ... past one shard
     <tokenizer file>    char.json, word.json, tokenizer.json (bpe) or gpt2.tiktoken: meta["tokenizer"]["file"]
+    checksums.json      the SHA-256 of every file (gptlab.atomic); token files are checked against it and
+                        against meta.json's sizes whenever they are opened (`verify_tokens`)
 
 `gptlab prepare` (data.prepare) writes it; data.batches, evaluation and the trainer read it through here.
 """
@@ -15,11 +17,14 @@ from typing import Any
 
 import numpy as np
 
+from gptlab.atomic import CHECKSUMS, sha256_file
 from gptlab.errors import GptlabError
+from gptlab.outputs import OutputKind
 from gptlab.tokenizers import Tokenizer, load_tokenizer
 
 META = "meta.json"
 FORMAT = 2  # bumped when a reader of the old layout would misread the new one
+HASH_LIMIT = 256 << 20  # token files up to this size are also hashed and scanned on every open (~0.5 s per 256 MB)
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -37,7 +42,15 @@ def single_shard_name(split: str) -> str:
 
 
 def is_data_dir(data_dir: Path) -> bool:
-    return (Path(data_dir) / META).is_file()
+    """A data directory gptlab wrote: its meta.json is an object with a shard list."""
+    try:
+        meta = json.loads((Path(data_dir) / META).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(meta, dict) and "shards" in meta
+
+
+DATA_OUTPUT = OutputKind("a gptlab data directory", "that data directory", is_data_dir)
 
 
 def write_meta(data_dir: Path, meta: dict[str, Any]) -> None:
@@ -52,9 +65,57 @@ def read_meta(data_dir: Path) -> dict[str, Any]:
         meta = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise GptlabError(f"{path} is corrupt; run `gptlab prepare` again") from None
-    if not isinstance(meta, dict) or "shards" not in meta or "tokenizer" not in meta:
+    if not isinstance(meta, dict) or any(key not in meta for key in ("shards", "tokenizer", "sizes", "dtype")):
         raise GptlabError(f"{path} was written by an older gptlab or is damaged (no shard list); run `gptlab prepare` again")
     return meta
+
+
+def verify_tokens(data_dir: Path, meta: dict[str, Any]) -> None:
+    """The token files must be what meta.json says: their sizes always; their SHA-256 (checksums.json)
+    and that every id is inside the vocabulary, when the files are small enough to read in a moment."""
+    data_dir = Path(data_dir)
+    dtype = np.dtype(meta["dtype"])
+    total = 0
+    for split, names in meta["shards"].items():
+        size = 0
+        for name in names:
+            path = data_dir / name
+            if not path.is_file():
+                raise GptlabError(f"{path} is missing; run `gptlab prepare` again")
+            size += path.stat().st_size
+        expected = meta["sizes"][f"{split}_tokens"]
+        if size != expected * dtype.itemsize:
+            raise GptlabError(
+                f"the {split} token files of {data_dir} hold {size // dtype.itemsize:,} tokens but meta.json says "
+                f"{expected:,}: they were cut or changed after `gptlab prepare`; run `gptlab prepare` again"
+            )
+        total += size
+    if total > HASH_LIMIT:
+        return
+    sums = read_checksums(data_dir)
+    vocab = meta["tokenizer"]["vocab_size"]
+    for names in meta["shards"].values():
+        for name in names:
+            path = data_dir / name
+            if name in sums and sha256_file(path) != sums[name]:
+                raise GptlabError(
+                    f"{path} is corrupt (its SHA-256 differs from {CHECKSUMS}); run `gptlab prepare` again"
+                )
+            if path.stat().st_size and int(np.memmap(path, dtype=dtype, mode="r").max()) >= vocab:
+                raise GptlabError(
+                    f"{path} holds token ids outside the vocabulary of {vocab}: it is corrupt or from another "
+                    "tokenizer; run `gptlab prepare` again"
+                )
+
+
+def read_checksums(data_dir: Path) -> dict[str, str]:
+    """The SHA-256 of each file from checksums.json (data directories written before it have none)."""
+    try:
+        return json.loads((Path(data_dir) / CHECKSUMS).read_text())["sha256"]
+    except FileNotFoundError:
+        return {}
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        raise GptlabError(f"{Path(data_dir) / CHECKSUMS} is corrupt; run `gptlab prepare` again") from None
 
 
 def tokenizer_path(data_dir: Path, meta: dict[str, Any]) -> Path:

@@ -8,18 +8,17 @@ Two streaming passes over the sources, neither holding a whole file in memory:
 
 The directory holds the token shards (`train.bin` / `val.bin`, or `train_000.bin`, ... when a split
 outgrows one shard; flat ids, uint16 when the vocabulary fits, else uint32), the tokenizer file and
-meta.json describing what was done. It is built in a temporary sibling and renamed into place,
-so a half-written directory never looks complete.
+meta.json describing what was done. The output directory is claimed first (gptlab.outputs: the
+overwrite guard and a lock) and written through gptlab.atomic.atomic_directory, so a killed or
+failed prepare leaves the previous directory (or none), never a half-written one.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import multiprocessing
 import os
-import shutil
-import tempfile
+import signal
 from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -28,18 +27,22 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from gptlab.atomic import atomic_directory
 from gptlab.data.cleaning import CleaningRules, new_report
 from gptlab.data.corpus import Corpus
-from gptlab.data.format import FORMAT, shard_name, single_shard_name, token_dtype, write_meta
+from gptlab.data.format import DATA_OUTPUT, FORMAT, shard_name, single_shard_name, token_dtype, write_meta
+from gptlab.data.sources import BUNDLED
 from gptlab.data.split import Span, split_documents
 from gptlab.device import available_cpus
 from gptlab.errors import GptlabError
+from gptlab.outputs import check_output_file, claim_output
 from gptlab.tokenizers import Tokenizer, load_tokenizer, tokenizer_class, train_tokenizer
 
 CHUNK_CHARS = 1 << 20  # characters per encoding task
 SHARD_TOKENS = 100_000_000  # tokens per shard file (200 MB as uint16)
 POOL_MIN_CHARS = 16 << 20  # below this, starting worker processes costs more than it saves
 IN_FLIGHT_PER_WORKER = 4  # chunks queued per worker: keeps them busy, bounds memory
+MIN_BLOCK_SIZE = 8  # a split must hold at least MIN_BLOCK_SIZE + 1 tokens: one training window
 
 
 def progress_bar(progress: bool, **kwargs) -> tqdm:
@@ -125,6 +128,7 @@ _worker_tokenizer: Tokenizer | None = None
 
 def _load_worker_tokenizer(kind: str, directory: str) -> None:
     global _worker_tokenizer
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent stops the pool
     _worker_tokenizer = load_tokenizer(kind, Path(directory))
 
 
@@ -235,15 +239,39 @@ def prepare(
     workers: processes that encode (default: one per core; small corpora are encoded in-process).
     compare_png: also compare every tokenizer on a sample of the text (meta["comparison"]) and draw it
     there; then options for the other kinds are welcome (e.g. tokenizer_file to include gpt2).
+    overwrite: replace `out_dir` if it is a data directory (never anything else, nor one holding a source).
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise GptlabError(f"{out_dir} already exists and is not empty; choose another --out or pass --overwrite")
     if shard_tokens < 1:
         raise GptlabError(f"--shard-tokens must be at least 1, got {shard_tokens}")
     if workers is not None and workers < 1:
         raise GptlabError(f"--workers must be at least 1, got {workers}")
     options = {k: v for k, v in (tokenizer_options or {}).items() if v is not None}
+    inputs = [s for s in sources if s != BUNDLED] + ([options["tokenizer_file"]] if "tokenizer_file" in options else [])
+    if compare_png:
+        check_output_file(compare_png, inputs, "--compare-png")
+    with claim_output(out_dir, DATA_OUTPUT, overwrite, inputs):
+        return write_data_dir(
+            sources, out_dir, tokenizer, val_fraction, seed, options, cleaning, encoding_errors, workers, shard_tokens,
+            progress, compare_png,
+        )
+
+
+def write_data_dir(
+    sources: list[str],
+    out_dir: Path,
+    tokenizer: str,
+    val_fraction: float,
+    seed: int,
+    options: dict[str, Any],
+    cleaning: CleaningRules | None,
+    encoding_errors: str,
+    workers: int | None,
+    shard_tokens: int,
+    progress: bool,
+    compare_png: Path | None,
+) -> dict[str, Any]:
+    """prepare()'s work, once out_dir is claimed: read, clean, split, encode, and write the directory."""
     own_options = {k: v for k, v in options.items() if k in tokenizer_class(tokenizer).options} if compare_png else options
 
     corpus = Corpus(sources, cleaning, encoding_errors)
@@ -258,70 +286,96 @@ def prepare(
     workers = available_cpus() if workers is None else workers
     use_pool = workers > 1 and sum(found["lengths"]) >= POOL_MIN_CHARS
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary directory
     pool = None
     try:
-        tok.save(tmp)  # first: the workers load it from here
-        if use_pool:
-            # spawn, not fork: the parent may hold threads (torch, tokenizers) that fork would copy mid-lock
-            pool = multiprocessing.get_context("spawn").Pool(workers, _load_worker_tokenizer, (tok.kind, str(tmp)))
-        sizes: dict[str, int] = {}
-        shards: dict[str, list[str]] = {}
-        unknown = 0
-        for split, spans in (("train", train), ("val", val)):
-            writer = ShardWriter(tmp, split, dtype, shard_tokens)
-            try:
-                counts = write_split(corpus, spans, writer, tok, pool, workers, progress, f"encoding {split}")
-            finally:
-                shards[split] = writer.close()
-            unknown += counts["unknown"]
-            sizes.update({f"{split}_{k}": v for k, v in counts.items() if k != "unknown"})
-        tokens = sizes["train_tokens"] + sizes["val_tokens"]
-        chars = sizes["train_chars"] + sizes["val_chars"]
-        content_tokens = tokens - (len(train) - 1) - (len(val) - 1)  # less the end-of-text separators
-        meta = {
-            "format": FORMAT,
-            "sources": [str(s) for s in sources] or ["shakespeare (bundled)"],
-            "documents": {"train": [corpus.files[s.doc].name for s in train], "val": [corpus.files[s.doc].name for s in val]},
-            "skipped": {"binary": corpus.skipped, "empty": [f.name for i, f in enumerate(corpus.files) if not found["lengths"][i]]},
-            "encoding_errors": {"mode": encoding_errors, "replaced": found["replaced"]},
-            "cleaning": {"rules": corpus.rules.as_dict(), "report": found["cleaning"]},
-            "split": {"method": method, "val_fraction": val_fraction, "seed": seed},
-            "tokenizer": {
-                "kind": tok.kind, "file": tok.file_name, "vocab_size": tok.vocab_size, "eot_id": tok.eot_id,
-                "unk_id": tok.unk_id, "options": {k: str(v) if isinstance(v, Path) else v for k, v in own_options.items()},
-            },
-            "dtype": dtype.name,
-            "shards": shards,
-            "sizes": sizes,
-            "stats": {
-                "tokens": tokens,
-                "chars": chars,
-                "chars_per_token": round(chars / content_tokens, 4) if content_tokens else None,
-                "unknown_tokens": unknown,
-                "unknown_rate": round(unknown / content_tokens, 6) if content_tokens else 0.0,
-            },
-            "content_sha256": found["content_sha256"],
-        }
-        if compare_png:
-            from gptlab.data.compare import compare_tokenizers, plot_comparison
+        with atomic_directory(out_dir) as tmp:
+            tok.save(tmp)  # first: the workers load it from here
+            if use_pool:
+                # spawn, not fork: the parent may hold threads (torch, tokenizers) that fork would copy mid-lock
+                pool = multiprocessing.get_context("spawn").Pool(workers, _load_worker_tokenizer, (tok.kind, str(tmp)))
+            sizes: dict[str, int] = {}
+            shards: dict[str, list[str]] = {}
+            unknown = 0
+            for split, spans in (("train", train), ("val", val)):
+                writer = ShardWriter(tmp, split, dtype, shard_tokens)
+                try:
+                    counts = write_split(corpus, spans, writer, tok, pool, workers, progress, f"encoding {split}")
+                finally:
+                    shards[split] = writer.close()
+                unknown += counts["unknown"]
+                sizes.update({f"{split}_{k}": v for k, v in counts.items() if k != "unknown"})
+            check_trainable(sizes)
+            tokens = sizes["train_tokens"] + sizes["val_tokens"]
+            chars = sizes["train_chars"] + sizes["val_chars"]
+            content_tokens = tokens - (len(train) - 1) - (len(val) - 1)  # less the end-of-text separators
+            meta = {
+                "format": FORMAT,
+                "sources": [str(s) for s in sources] or ["shakespeare (bundled)"],
+                "documents": {"train": [corpus.files[s.doc].name for s in train], "val": [corpus.files[s.doc].name for s in val]},
+                "skipped": {"binary": corpus.skipped, "empty": [f.name for i, f in enumerate(corpus.files) if not found["lengths"][i]]},
+                "encoding_errors": {"mode": encoding_errors, "replaced": found["replaced"]},
+                "cleaning": {"rules": corpus.rules.as_dict(), "report": found["cleaning"]},
+                "split": {"method": method, "val_fraction": val_fraction, "seed": seed, "documents": len(kept)},
+                "tokenizer": {
+                    "kind": tok.kind, "file": tok.file_name, "vocab_size": tok.vocab_size, "eot_id": tok.eot_id,
+                    "unk_id": tok.unk_id, "options": {k: str(v) if isinstance(v, Path) else v for k, v in own_options.items()},
+                },
+                "dtype": dtype.name,
+                "shards": shards,
+                "sizes": sizes,
+                "stats": {
+                    "tokens": tokens,
+                    "chars": chars,
+                    "chars_per_token": round(chars / content_tokens, 4) if content_tokens else None,
+                    "unknown_tokens": unknown,
+                    "unknown_rate": round(unknown / content_tokens, 6) if content_tokens else 0.0,
+                },
+                "content_sha256": found["content_sha256"],
+            }
+            if compare_png:
+                from gptlab.data.compare import compare_tokenizers, plot_comparison
 
-            meta["comparison"] = {"png": str(compare_png), "rows": compare_tokenizers(corpus, options)}
-            plot_comparison(meta["comparison"]["rows"], compare_png)
-        write_meta(tmp, meta)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+                meta["comparison"] = {"png": str(compare_png), "rows": compare_tokenizers(corpus, options)}
+                plot_comparison(meta["comparison"]["rows"], compare_png)
+            write_meta(tmp, meta)
     finally:
         if pool is not None:
             pool.terminate()
             pool.join()
     return meta
+
+
+def check_trainable(sizes: dict[str, int]) -> None:
+    """Refuse now, not at `gptlab train`, a corpus whose splits cannot hold a training window of MIN_BLOCK_SIZE + 1."""
+    split = min(("train", "val"), key=lambda name: sizes[f"{name}_tokens"])
+    tokens = sizes[f"{split}_tokens"]
+    if tokens - 1 < MIN_BLOCK_SIZE:
+        raise GptlabError(
+            f"too little text to train on: the {split} split holds {tokens} token(s), which supports a block_size of "
+            f"at most {max(tokens - 1, 0)} (gptlab needs at least {MIN_BLOCK_SIZE}); give more text"
+        )
+
+
+def split_notes(meta: dict[str, Any]) -> list[str]:
+    """Say where validation came from when it is not what a reader would assume."""
+    split, s = meta["split"], meta["sizes"]
+    share = s["val_chars"] / (s["train_chars"] + s["val_chars"])
+    if split["method"] == "position" and split.get("documents", 1) > 1:
+        return [
+            f"  note: {split['documents']} documents are too few to hold out whole ones near --val-fraction "
+            f"{split['val_fraction']}; the last {share:.0%} of each document validates instead"
+        ]
+    if split["method"] == "document":
+        return [
+            f"  validation: {s['val_documents']} whole document(s), {share:.1%} of the characters "
+            f"(--val-fraction {split['val_fraction']})"
+        ]
+    return []
+
+
+def max_block_size(meta: dict[str, Any]) -> int:
+    """The largest block_size the data supports: each split must hold one window of block_size + 1 tokens."""
+    return min(meta["sizes"]["train_tokens"], meta["sizes"]["val_tokens"]) - 1
 
 
 def prepare_summary(out_dir: Path, meta: dict[str, Any]) -> str:
@@ -331,7 +385,9 @@ def prepare_summary(out_dir: Path, meta: dict[str, Any]) -> str:
     lines.append(f"wrote {out_dir}: {tok['kind']} tokenizer, vocab {tok['vocab_size']:,}; {st['tokens']:,} tokens from "
           f"{st['chars']:,} characters ({st['chars_per_token']:.2f} characters/token), unknown {100 * st['unknown_rate']:.2f}%")
     lines.append(f"  train {s['train_tokens']:,} tokens ({s['train_documents']} documents, {len(meta['shards']['train'])} shard(s)), "
-          f"val {s['val_tokens']:,} tokens ({s['val_documents']} documents), split by {meta['split']['method']}")
+          f"val {s['val_tokens']:,} tokens ({s['val_documents']} documents), split by {meta['split']['method']}; "
+          f"block_size up to {max_block_size(meta):,}")
+    lines.extend(split_notes(meta))
     for rule, counts in meta["cleaning"]["report"].items():
         done = ", ".join(f"{v:,} {k.replace('_', ' ')}" for k, v in counts.items() if v) or "nothing"
         lines.append(f"  {rule.replace('_', ' ')}: {done}")

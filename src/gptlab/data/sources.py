@@ -7,6 +7,7 @@ whole lines, so memory stays bounded by the block size plus the longest line.
 from __future__ import annotations
 
 import codecs
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 
 from gptlab.errors import GptlabError
+from gptlab.outputs import check_name, printable
 
 TEXT_SUFFIXES = (".txt", ".md")
 BUNDLED = "shakespeare"
@@ -39,26 +41,68 @@ def bundled_paths() -> list[Path]:
     return sorted((Path(str(p)) for p in texts.iterdir() if p.name.endswith("_gut.txt")), key=lambda p: p.name)
 
 
+def folder_files(folder: Path) -> list[Path]:
+    """The .txt/.md files under `folder`, in a deterministic order; a subfolder or file that cannot be
+    read is an error, never silently left out."""
+
+    def unreadable(e: OSError):
+        raise GptlabError(
+            f"cannot read {printable(e.filename)} ({e.strerror}); fix its permissions or move it out of {folder}"
+        )
+
+    files, seen = [], set()
+    for root, dirs, names in os.walk(folder, onerror=unreadable, followlinks=True):
+        here = os.stat(root)
+        if (here.st_dev, here.st_ino) in seen:  # a symbolic link back up the tree
+            dirs.clear()
+            continue
+        seen.add((here.st_dev, here.st_ino))
+        for name in names:
+            path = Path(root) / name
+            if path.suffix.lower() not in TEXT_SUFFIXES:
+                continue
+            if not path.exists():
+                raise GptlabError(f"{printable(path)} is a broken symbolic link; fix it or remove it")
+            if path.is_file():
+                files.append(path)
+    return sorted(files, key=lambda p: p.relative_to(folder).as_posix())
+
+
 def source_paths(source: str) -> list[Path]:
     if source == BUNDLED:
         return bundled_paths()
     path = Path(source)
     if path.is_dir():
-        files = sorted(
-            (p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES),
-            key=lambda p: p.relative_to(path).as_posix(),
-        )
+        files = folder_files(path)
         if not files:
             raise GptlabError(f"folder {path} holds no .txt or .md files; point at a text file or a folder of them")
         return files
     if path.is_file():
         return [path]
-    raise GptlabError(f"{source}: no such file or folder (or `{BUNDLED}` for the bundled corpus)")
+    if path.exists():
+        raise GptlabError(
+            f"{printable(source)} is a pipe or a device, not a file: prepare reads its sources more than once "
+            "(to learn the tokenizer, then to encode); save the text to a file first, e.g. `command > text.txt`"
+        )
+    raise GptlabError(f"{printable(source)}: no such file or folder (or `{BUNDLED}` for the bundled corpus)")
+
+
+def text_file(path: Path) -> Path:
+    """A file to read once (eval --text): a regular file, or a pipe such as <(command)."""
+    path = Path(path)
+    if path.is_dir():
+        raise GptlabError(f"{printable(path)} is a folder; give a text file")
+    if not path.exists():
+        raise GptlabError(f"{printable(path)}: no such file")
+    return path
 
 
 def is_binary(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return b"\0" in f.read(SNIFF_BYTES)
+    try:
+        with open(path, "rb") as f:
+            return b"\0" in f.read(SNIFF_BYTES)
+    except OSError as e:
+        raise GptlabError(f"cannot read {printable(path)} ({e.strerror}); fix its permissions or leave it out") from None
 
 
 def find_text_files(sources: list[str]) -> tuple[list[TextFile], list[str]]:
@@ -67,6 +111,7 @@ def find_text_files(sources: list[str]) -> tuple[list[TextFile], list[str]]:
     files, skipped = [], []
     for source in sources or [BUNDLED]:
         for path in source_paths(source):
+            check_name(path)
             if is_binary(path):
                 if path == Path(source):  # named on purpose, not met in a folder: skipping it would surprise
                     raise GptlabError(f"{path} is a binary file (NUL bytes; if it is UTF-16 text, convert it to UTF-8); give a text file")

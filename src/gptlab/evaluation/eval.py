@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gptlab.checkpoint import Checkpoint
+from gptlab.checkpoint import Checkpoint, check_same_tokenizer, find_data_dir
 from gptlab.data.batches import TokenData
 from gptlab.device import autocast
 from gptlab.errors import GptlabError
@@ -155,6 +155,11 @@ def evaluate_ids(
     ids = np.asarray(ids, dtype=np.int64)
     if ids.size == 0:
         raise GptlabError(f"{source} holds no text to evaluate")
+    if ids.max() >= ckpt.config.model.vocab_size:
+        raise GptlabError(
+            f"{source} holds token id {ids.max()}, outside the model's vocabulary of {ckpt.config.model.vocab_size}: "
+            "the token files are corrupt; run `gptlab prepare` again"
+        )
     stream = torch.from_numpy(np.concatenate([[ckpt.tokenizer.eot_id], ids]))
     block = ckpt.config.model.block_size
     batch_size = min(64, max(1, LOGITS_BUDGET // (block * ckpt.config.model.vocab_size)))
@@ -170,11 +175,12 @@ def evaluate_ids(
 
 
 def data_dir_of(ckpt: Checkpoint) -> Path:
-    """The data directory the checkpoint was trained on, as its config.json records it."""
+    """The data directory the checkpoint was trained on, as its config.json records it (found again if the
+    run moved together with its data)."""
     data = ckpt.info.get("data") or {}
     if "dir" not in data:
         raise GptlabError(f"{ckpt.dir} does not record its data directory; evaluate held-out text with --text FILE")
-    return Path(data["dir"])
+    return find_data_dir(data, [ckpt.dir.parent, ckpt.dir.parent.parent], ckpt.dir / "config.json")
 
 
 def split_ids(
@@ -187,12 +193,9 @@ def split_ids(
         raise GptlabError(
             f"the data directory {data_dir} is gone; pass --data DIR or evaluate a held-out file with --text FILE"
         )
-    data = TokenData(data_dir)
+    data = TokenData(data_dir)  # verifies the token files against meta.json
     recorded = (ckpt.info.get("data") or {}).get("content_sha256")
-    if data.meta["tokenizer"]["kind"] != ckpt.tokenizer.kind or data.vocab_size != ckpt.config.model.vocab_size:
-        raise GptlabError(
-            f"{data_dir} was prepared with another tokenizer than {ckpt.dir}; use the run's own data directory"
-        )
+    check_same_tokenizer(data_dir, data.meta, ckpt.dir, ckpt.info)
     if split not in data.splits:
         raise GptlabError(f"unknown split {split!r}; use train or val")
     name = f"{split} split of {data_dir}"

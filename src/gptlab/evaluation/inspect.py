@@ -26,6 +26,7 @@ from gptlab.checkpoint import Checkpoint, RunDir
 from gptlab.errors import GptlabError
 from gptlab.evaluation.eval import evaluate_ids, split_ids
 from gptlab.generation.streaming import REPLACEMENT
+from gptlab.outputs import check_output_folder
 from gptlab.tokenizers import Tokenizer
 from gptlab.training.metrics import read_metrics
 
@@ -434,6 +435,9 @@ def draw(
     if max_tokens < 2:
         raise GptlabError(f"--max-tokens must be at least 2, got {max_tokens}")
     out = Path(out)
+    check_output_folder(out)
+    if top < 1:
+        raise GptlabError(f"--top must be at least 1, got {top}")
     written = []
     if "attention" in pictures:
         written.append(plot_attention(ckpt, prompt, out / "attention.png", layers))

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import statistics
 from pathlib import Path
 
 import torch
 
-from gptlab.checkpoint import RunDir, load_checkpoint
-from gptlab.data.format import is_data_dir, read_meta
+from gptlab.atomic import write_text_atomic
+from gptlab.checkpoint import RunDir, find_data_dir, load_checkpoint
+from gptlab.data.format import read_meta
 from gptlab.errors import GptlabError
 from gptlab.evaluation.eval import evaluate_split
+from gptlab.outputs import check_output_file
 from gptlab.training.metrics import plot_loss, read_metrics
 
 
@@ -54,11 +55,15 @@ def write_report(
         )
     run_info = run.read_record()
     cfg = run_info["run"]
+    out = Path(out) if out else run.report
+    loss_png = out.with_name(out.stem + "_loss.png")
+    for path in (out, loss_png):  # checked before any work; a missing folder is created at the end
+        check_output_file(path, inputs=[run.config, run.metrics, run.samples, run.loss_plot])
     rows = read_metrics(run_dir)
     evals = [r for r in rows if r["kind"] == "eval"]
     ckpt = load_checkpoint(run_dir)
-    out = Path(out) if out else run.report
-    loss_png = plot_loss(run_dir, out.with_name(out.stem + "_loss.png"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    plot_loss(run_dir, loss_png)
 
     parts = [f"# Run report: {run_dir.name}", ""]
     parts += ["## Model and training", ""]
@@ -75,8 +80,12 @@ def write_report(
     ]
 
     parts += ["## Data", ""]
-    data_dir = Path(run_info.get("data_dir", ""))
-    meta = read_meta(data_dir) if run_info.get("data_dir") and is_data_dir(data_dir) else None
+    recorded = {"dir": run_info.get("data_dir"), "from_run": run_info.get("data_dir_from_run")}
+    try:
+        data_dir = find_data_dir(recorded, [run_dir], run.config)
+        meta = read_meta(data_dir)
+    except GptlabError:
+        data_dir, meta = Path(recorded["dir"] or ""), None
     if meta is None:
         parts.append(f"The data directory `{data_dir}` recorded in config.json is no longer there.")
     else:
@@ -172,7 +181,5 @@ def write_report(
     for ids in generate(ckpt.model, [ckpt.tokenizer.eot_id], sample_tokens, 0.8, 200, samples, gen):
         parts += ["```text", ckpt.tokenizer.decode(ids).replace("```", "'''"), "```", ""]
 
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text("\n".join(parts))
-    os.replace(tmp, out)
+    write_text_atomic(out, "\n".join(parts))
     return out

@@ -19,6 +19,7 @@ from gptlab.atomic import write_text_atomic
 from gptlab.errors import GptlabError
 from gptlab.generation.sampling import sampling_settings
 from gptlab.generation.text import TextGenerator
+from gptlab.outputs import check_output_file
 
 PROMPT = ">: "
 
@@ -182,7 +183,10 @@ class Console:
         if path.is_dir():
             return self._say(f"{path} is a directory; give a file name, e.g. /save {path / 'conversation.txt'}")
         try:
+            check_output_file(path, flag="/save")  # never over a checkpoint's or a run's own files
             write_text_atomic(path, self.text)  # whole or not at all: an old file is never left half-replaced
+        except GptlabError as e:
+            return self._say(str(e))
         except OSError as e:
             return self._say(f"could not save to {path}: {e.strerror}; try another path")
         return self._say(f"(conversation saved to {path}: {len(self.text):,} characters)")

@@ -9,6 +9,7 @@ for piece in lm.stream("JULIET:", stop=["\\n\\n"]):
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -121,11 +122,13 @@ def load(path: str | Path, device: str = "auto", use_cache: bool = True, threads
     """A TextGenerator for a run directory (its best checkpoint) or a checkpoint directory.
 
     The settings are checked before the checkpoint is read; threads: torch's CPU threads (0: the cores available)."""
-    from gptlab.checkpoint import load_checkpoint
+    from gptlab.checkpoint import is_untrained_best, load_checkpoint, untrained_best
     from gptlab.device import resolve_device, setup_device
 
     defaults = sampling_settings(**settings)
     dev = resolve_device(device)
     setup_device(dev, threads=threads)
     ckpt = load_checkpoint(path, dev)
+    if is_untrained_best(ckpt):
+        print(f"note: {untrained_best(ckpt.dir)}", file=sys.stderr)
     return TextGenerator(ckpt.model, ckpt.tokenizer, defaults, use_cache)

@@ -11,8 +11,6 @@ can run code when loaded) is refused. Nothing here downloads and nothing imports
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -21,13 +19,36 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from gptlab.checkpoint import CONFIG, WEIGHTS, load_checkpoint, read_info, resolve_checkpoint, save_checkpoint
+from gptlab.atomic import CHECKSUMS, atomic_directory
+from gptlab.checkpoint import (
+    CHECKPOINT_OUTPUT,
+    CONFIG,
+    WEIGHTS,
+    check_weights_fit,
+    load_checkpoint,
+    read_info,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from gptlab.config import ModelConfig, RunConfig
 from gptlab.errors import GptlabError
 from gptlab.models import GPT
+from gptlab.outputs import OutputKind, claim_output
 from gptlab.tokenizers import Tokenizer
 
 SHARD_INDEX = "model.safetensors.index.json"  # save_pretrained splits large models into shards
+# What export_hf writes (and save_pretrained may add): a directory holding only these is an export it may replace.
+EXPORT_FILES = (
+    CONFIG,
+    WEIGHTS,
+    CHECKSUMS,
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+    "vocab.json",
+    "merges.txt",
+)
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 TANH_GELU = ("gelu_new", "gelu_pytorch_tanh")  # both are GELU's tanh approximation, as in our MLP
 LAYER_NORM_EPS = 1e-5  # nn.LayerNorm's default, which our model uses
@@ -45,6 +66,24 @@ GPT2_OPTIONS = (
     ("qk_norm", False, "GPT-2's attention has no query/key normalisation"),
     ("tie_embeddings", True, "transformers' GPT-2 checkpoints here tie the LM head to the token embedding"),
 )
+
+
+def is_hf_export(path: Path) -> bool:
+    """A Hugging Face GPT-2 directory as export_hf writes it: a gpt2 config.json, weights, and no other files."""
+    path = Path(path)
+    try:
+        hf = json.loads((path / CONFIG).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return (
+        isinstance(hf, dict)
+        and hf.get("model_type") == "gpt2"
+        and (path / WEIGHTS).is_file()
+        and all(p.name in EXPORT_FILES and p.is_file() for p in path.iterdir())
+    )
+
+
+HF_EXPORT_OUTPUT = OutputKind("a Hugging Face export written by gptlab export-hf", "that export", is_hf_export)
 
 
 def gpt2_incompatibilities(cfg: ModelConfig) -> list[str]:
@@ -228,13 +267,39 @@ def read_hf_config(src: Path) -> ModelConfig:
         hf_config = json.loads((src / CONFIG).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise GptlabError(f"{src / CONFIG} is not valid JSON; fetch the model directory again") from None
+    if not isinstance(hf_config, dict):
+        raise GptlabError(
+            f"{src / CONFIG} holds a {type(hf_config).__name__}, not a JSON object; it is not a Hugging Face config, "
+            "fetch the model directory again"
+        )
     return model_config_from_hf(hf_config, src / CONFIG)
+
+
+def check_hf_weights_fit(cfg: ModelConfig, files: dict[str, Path], device: str = "cpu") -> None:
+    """Before the model is built: the weights' headers must hold the shapes config.json makes (Conv1D
+    transposed), and the model must fit in memory."""
+    shapes = {}
+    for path in set(files.values()):
+        try:
+            with safe_open(str(path), "pt") as f:
+                for name in f.keys():
+                    shape = tuple(f.get_slice(name).get_shape())
+                    key = name.removeprefix("transformer.")  # mask buffers match no parameter: not compared
+                    shapes["transformer." + key if key != "lm_head.weight" else key] = (
+                        shape[::-1] if key.endswith(CONV1D) else shape
+                    )
+        except (SafetensorError, OSError) as e:
+            raise GptlabError(
+                f"{path} is not a readable safetensors file ({str(e).splitlines()[0][:100]}); fetch it again"
+            ) from None
+    check_weights_fit(cfg, shapes, next(iter(files.values())), device)
 
 
 def gpt2_model_from_hf(src_dir: Path) -> GPT:
     """The GPT-2 model in a local Hugging Face directory (config.json + safetensors) as our GPT."""
     src = Path(src_dir)
     cfg, files = read_hf_config(src), weight_files(src)
+    check_hf_weights_fit(cfg, files)
     model = GPT(cfg)
     load_hf_weights(model, files)
     return model.eval()
@@ -277,59 +342,50 @@ def vocab_merges_from_tokenizer_json(path: Path, out_dir: Path) -> Path:
 def import_gpt2(src_dir: Path, out_dir: Path, tokenizer_file: Path | None = None, overwrite: bool = False) -> Path:
     """A local Hugging Face GPT-2 directory -> a gptlab checkpoint directory with the GPT-2 tokenizer."""
     src, out = Path(src_dir), Path(out_dir)
-    check_output_dir(out, overwrite, marker=WEIGHTS)
-    cfg, files = read_hf_config(src), weight_files(src)  # cheap checks (config, file headers) before any loading
-    tokenizer = import_gpt2_tokenizer(src, tokenizer_file)
-    if tokenizer.vocab_size > cfg.vocab_size:
-        raise GptlabError(
-            f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {cfg.vocab_size}; "
-            "give the tokenizer this model was trained with"
-        )
-    model = GPT(cfg)
-    load_hf_weights(model, files)
-    info = {
-        "tokenizer": {
-            "kind": tokenizer.kind,
-            "file": tokenizer.file_name,
-            "vocab_size": tokenizer.vocab_size,
-            "eot_id": tokenizer.eot_id,
-            "unk_id": tokenizer.unk_id,
-        },  # as prepare's meta.json records it
-        "imported_from": {"format": "huggingface-gpt2", "dir": str(src.resolve())},
-        "step": 0,
-    }
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer_path = tokenizer.save(Path(tmp))
-        return save_checkpoint(out, model, RunConfig(model=cfg), info, files=[tokenizer_path])
+    inputs = [src] + ([tokenizer_file] if tokenizer_file else [])
+    with claim_output(out, CHECKPOINT_OUTPUT, overwrite, inputs):
+        cfg, files = read_hf_config(src), weight_files(src)  # cheap checks (config, file headers) before any loading
+        check_hf_weights_fit(cfg, files)
+        tokenizer = import_gpt2_tokenizer(src, tokenizer_file)
+        if tokenizer.vocab_size > cfg.vocab_size:
+            raise GptlabError(
+                f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {cfg.vocab_size}; "
+                "give the tokenizer this model was trained with"
+            )
+        model = GPT(cfg)
+        load_hf_weights(model, files)
+        info = {
+            "tokenizer": {
+                "kind": tokenizer.kind,
+                "file": tokenizer.file_name,
+                "vocab_size": tokenizer.vocab_size,
+                "eot_id": tokenizer.eot_id,
+                "unk_id": tokenizer.unk_id,
+            },  # as prepare's meta.json records it
+            "imported_from": {"format": "huggingface-gpt2", "dir": str(src.resolve())},
+            "step": 0,
+        }
+        with tempfile.TemporaryDirectory() as tmp:
+            tokenizer_path = tokenizer.save(Path(tmp))
+            return save_checkpoint(out, model, RunConfig(model=cfg), info, files=[tokenizer_path])
 
 
 def export_hf(checkpoint: Path, out_dir: Path, overwrite: bool = False) -> Path:
     """A gptlab checkpoint (or run directory) -> a directory transformers' Auto* classes load offline."""
     from gptlab.interop.hf_tokenizers import save_hf_tokenizer
 
-    ckpt_dir = resolve_checkpoint(checkpoint)
-    problems = gpt2_incompatibilities(
-        RunConfig.from_dict(read_info(ckpt_dir)["run"]).model
-    )  # before loading any weights
-    if problems:
-        raise GptlabError(f"{ckpt_dir} cannot be written as GPT-2: " + "; ".join(problems))
     out = Path(out_dir)
-    check_output_dir(out, overwrite, marker=CONFIG)
-    ckpt = load_checkpoint(ckpt_dir)
-    cfg = ckpt.config.model
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    tmp.chmod(0o755)
-    try:
-        save_file(hf_state_dict(ckpt.model), str(tmp / WEIGHTS), metadata={"format": "pt"})
-        (tmp / CONFIG).write_text(json.dumps(hf_config_from_model(cfg, ckpt.tokenizer.eot_id), indent=2) + "\n")
-        save_hf_tokenizer(ckpt.tokenizer, tmp, cfg.block_size)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with claim_output(out, HF_EXPORT_OUTPUT, overwrite, inputs=[checkpoint], flag="OUT_DIR"):
+        ckpt_dir = resolve_checkpoint(checkpoint)
+        problems = gpt2_incompatibilities(RunConfig.from_dict(read_info(ckpt_dir)["run"]).model)  # before the weights
+        if problems:
+            raise GptlabError(f"{ckpt_dir} cannot be written as GPT-2: " + "; ".join(problems))
+        ckpt = load_checkpoint(ckpt_dir)
+        cfg = ckpt.config.model
+        with atomic_directory(out) as tmp:
+            save_file(hf_state_dict(ckpt.model), str(tmp / WEIGHTS), metadata={"format": "pt"})
+            (tmp / CONFIG).write_text(json.dumps(hf_config_from_model(cfg, ckpt.tokenizer.eot_id), indent=2) + "\n")
+            save_hf_tokenizer(ckpt.tokenizer, tmp, cfg.block_size)
     return out
 
 
@@ -349,14 +405,3 @@ def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
                 out[f"transformer.h.{i}.{part}.bias"] = torch.zeros(width)
         out["transformer.ln_f.bias"] = torch.zeros(C)
     return out
-
-
-def check_output_dir(out: Path, overwrite: bool, marker: str) -> None:
-    """Refuse to write over a non-empty directory unless asked, and never over one that is not ours to replace."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not overwrite:
-            raise GptlabError(f"{out} already exists; choose another output directory or pass --overwrite")
-        if not (out / marker).is_file():
-            raise GptlabError(
-                f"{out} is not empty and holds no {marker}; refusing to replace it, choose another output directory"
-            )

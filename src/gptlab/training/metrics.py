@@ -53,20 +53,27 @@ def truncate_metrics(run_dir: Path, step: int) -> None:
     path = RunDir(run_dir).metrics
     if not path.is_file():
         return
-    keep = [row for row in parse_rows(path.read_text()) if row["step"] <= step]
+    keep = [row for row in parse_rows(path.read_text(), path) if row["step"] <= step]
     write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in keep))
 
 
-def parse_rows(text: str) -> list[dict[str, Any]]:
+def parse_rows(text: str, path: Path | str = "metrics.jsonl") -> list[dict[str, Any]]:
     """The JSON rows of metrics.jsonl; a last line cut short by a crash mid-write is dropped."""
     lines = [line for line in text.splitlines() if line.strip()]
     rows = []
     for i, line in enumerate(lines):
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
-            if i < len(lines) - 1:
-                raise
+            if i == len(lines) - 1:
+                continue
+            row = None
+        if not (isinstance(row, dict) and isinstance(row.get("kind"), str) and isinstance(row.get("step"), int)):
+            raise GptlabError(
+                f"{path} line {i + 1} is not a metrics row (a JSON object with kind and step): the file is corrupt; "
+                "restore it or train again"
+            )
+        rows.append(row)
     return rows
 
 
@@ -74,7 +81,10 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     path = Path(path)
     if path.is_dir():
         path = RunDir(path).metrics
-    return parse_rows(path.read_text())
+    try:
+        return parse_rows(path.read_text(), path)
+    except UnicodeDecodeError:
+        raise GptlabError(f"{path} is not text: the file is corrupt; restore it or train again") from None
 
 
 def plot_loss(run_dir: Path, out: Path | None = None) -> Path:

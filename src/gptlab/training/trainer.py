@@ -18,9 +18,7 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import signal
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,11 +36,22 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from gptlab.atomic import complete_directory, remove_directory, verify_directory, write_text_atomic
+from gptlab.atomic import (
+    atomic_directory,
+    complete_directory,
+    old_path,
+    remove_directory,
+    restore_previous,
+    verify_directory,
+    write_text_atomic,
+)
 from gptlab.checkpoint import (
     CONFIG,
+    RUN_OUTPUT,
     TRAINER_STATE,
     RunDir,
+    check_same_tokenizer,
+    find_data_dir,
     is_sharded,
     keep_history,
     load_checkpoint,
@@ -51,6 +60,7 @@ from gptlab.checkpoint import (
     read_info,
     save_checkpoint,
     save_sharded_checkpoint,
+    untrained_best,
 )
 from gptlab.config import RunConfig, TrainConfig, field_types, set_field
 from gptlab.data.batches import TokenData
@@ -60,6 +70,7 @@ from gptlab.errors import GptlabError
 from gptlab.generation.generate import generate
 from gptlab.models import GPT, build_model
 from gptlab.models.info import flops_per_token
+from gptlab.outputs import check_output_dir, claim_output
 from gptlab.tokenizers import load_tokenizer
 from gptlab.training.distributed import (
     SINGLE,
@@ -132,47 +143,41 @@ def estimate_loss(
     return out
 
 
-def prepare_run_dir(out_dir: Path, overwrite: bool, record: dict[str, Any]) -> None:
-    """Create the run directory with its config.json in one rename, so a crash never leaves a run
-    directory without it (which --overwrite would then refuse as "not a gptlab run")."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise GptlabError(
-                f"{out_dir} already holds files; choose another --out, pass --overwrite to replace that run, or "
-                "--resume it"
-            )
-        if not RunDir(out_dir).is_run():
-            raise GptlabError(
-                f"{out_dir} is not empty and is not a gptlab run; refusing to overwrite it, choose another --out"
-            )
-        remove_directory(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary directory
-    write_text_atomic(RunDir(tmp).config, json.dumps(record, indent=2) + "\n")
-    if out_dir.exists():
-        out_dir.rmdir()  # empty: the rename takes its place
-    os.replace(tmp, out_dir)
+def create_run_dir(run_dir: Path, record: dict[str, Any]) -> None:
+    """Create (or replace) the run directory with its config.json in one atomic step, so a crash never
+    leaves a run directory without it (which --overwrite would then refuse as "not a gptlab run").
+    A replaced run stays aside as .NAME.old until the new one has its first checkpoint."""
+    with atomic_directory(run_dir, checksums=False, keep_previous=True) as tmp:
+        RunDir(tmp).config.write_text(json.dumps(record, indent=2) + "\n")
 
 
-def check_same_tokens(data: TokenData, info: dict[str, Any], ckpt_dir: Path, text: bool) -> None:
-    """The data directory must use the checkpoint's tokenizer (and, with text=True, hold the same text)."""
-    tok, theirs = data.meta["tokenizer"], info["tokenizer"]
-    same_tokenizer = (
-        (tok["kind"], tok["vocab_size"]) == (theirs["kind"], theirs["vocab_size"])
-        and (data.dir / tok["file"]).read_bytes() == (ckpt_dir / theirs["file"]).read_bytes()  # the vocabulary itself
-    )
-    if not same_tokenizer:
-        raise GptlabError(
-            f"{data.dir} was prepared with another tokenizer than {ckpt_dir} ({tok['kind']}, vocab {tok['vocab_size']} "
-            f"vs {theirs['kind']}, vocab {theirs['vocab_size']}); use data prepared with the checkpoint's tokenizer"
-        )
-    if text and data.meta["content_sha256"] != info["data"]["content_sha256"]:
+def run_record(cfg: RunConfig, run_dir: Path, data_dir: Path, **more: Any) -> dict[str, Any]:
+    """The run's config.json: its config, and where its data is (absolute, and relative to the run)."""
+    where = RunDir(run_dir).data_record(data_dir)
+    return {"run": cfg.to_dict(), "data_dir": where["dir"], "data_dir_from_run": where["from_run"], **more}
+
+
+def check_same_text(data: TokenData, info: dict[str, Any], ckpt_dir: Path) -> None:
+    """A resumed run must go on with the text it was trained on."""
+    if data.meta["content_sha256"] != info["data"]["content_sha256"]:
         raise GptlabError(
             f"{data.dir} holds other text than the run in {ckpt_dir.parent} was trained on (content hash differs); "
             "resume with the original data (--data DIR), or start a new run with --init-from"
         )
+
+
+def build_trainer(cfg: RunConfig, data: TokenData, run_dir: Path, me: Dist, device: torch.device) -> Trainer:
+    """The Trainer, whose model and optimizer are the first large allocations: a failure is one line, and
+    comes before the run directory is created."""
+    try:
+        return Trainer(cfg, data, run_dir, me, device)
+    except RuntimeError as e:  # torch.OutOfMemoryError (CUDA) is one; the CPU allocator raises a plain one
+        if "alloc" not in str(e).lower():
+            raise
+        raise GptlabError(
+            f"the model does not fit in the memory of {device} ({str(e).splitlines()[0][:160]}); lower --batch-size, "
+            "--block-size or the model size; `gptlab info` shows the estimate"
+        ) from None
 
 
 def optimizer_state_by_name(model: GPT, optimizers: list, saved: list[dict[str, Any]]) -> dict[str, Any]:
@@ -230,12 +235,13 @@ class Trainer:
         self.tokenizer_file = tokenizer_path(data.dir, data.meta)
         self.info = {
             "tokenizer": data.meta["tokenizer"],
-            "data": {"dir": str(data.dir), "content_sha256": data.meta["content_sha256"]},
+            "data": {**self.run_dir.data_record(data.dir), "content_sha256": data.meta["content_sha256"]},
         }
         self.tokens_per_step = tc.batch_size * tc.grad_accum * cfg.model.block_size
         self.flops_per_token = flops_per_token(cfg.model)
         self.peak_flops = peak_flops(device, tc.peak_flops)
         self.metrics: MetricsLog | None = None  # opened by run(), on rank 0
+        self.on_first_checkpoint: Callable[[], None] = lambda: None  # train() drops the run it replaced
         self.after_eval: AfterEval | None = None
         self.stop_early = False  # after_eval asked to end training
 
@@ -313,7 +319,8 @@ class Trainer:
                     "same data order, new dropout randomness"
                 )
 
-    def save_last(self) -> None:
+    def save_last(self, losses: dict[str, float] | None = None) -> None:
+        self.check_weights(losses)  # a checkpoint is written only from weights known to be good
         state = self.state_dict()  # on every rank: it gathers
         if self.sharded:  # each rank writes its shards; all stop together if any write fails
             shards = self.shards()
@@ -399,6 +406,39 @@ class Trainer:
         self.step += 1
         return loss_sum / len(batches), lr
 
+    @torch.no_grad()
+    def probe_loss(self) -> float:
+        """The loss of the current weights on one fixed validation batch (its own generator: no RNG moves).
+        Every process calls it: a sharded model's forward pass is collective."""
+        gen = torch.Generator().manual_seed(self.tc.seed + 1)
+        x, y = self.data.get_batch("val", self.tc.batch_size, self.cfg.model.block_size, gen, self.device)
+        was_training = self.model.training
+        self.model.eval()
+        with precision(self.device, self.tc):
+            _, loss = self.model(x, y)
+        self.model.train(was_training)
+        return loss.item()
+
+    def check_weights(self, losses: dict[str, float] | None = None) -> None:
+        """Good weights are finite and give a finite loss (`losses` computed with them, else one probe batch).
+        Checked before every checkpoint is written, so a diverged update (weights of 1e30 are finite, their
+        loss is not) is never saved nor named as the last good checkpoint. Collective under torchrun."""
+        local = (p.to_local() if hasattr(p, "to_local") else p for p in self.model.parameters())  # shards
+        finite = all(bool(torch.isfinite(p).all()) for p in local)
+        values = list(losses.values()) if losses is not None else [self.probe_loss()]
+        finite = finite and all(math.isfinite(v) for v in values)
+        if sum_over_ranks(self.me, torch.tensor(float(finite), device=self.device)).item() == self.me.world_size:
+            return
+        raise GptlabError(
+            f"the weights went bad by step {self.step} (non-finite, or a non-finite loss: an update diverged); "
+            f"nothing was saved at this step and {self.last_good()}; lower --learning-rate (or raise --warmup-iters)"
+        )
+
+    def last_good(self) -> str:
+        if self.saved_step is None:
+            return "no checkpoint was saved yet"
+        return f"the last good checkpoint is {self.run_dir.last} (step {self.saved_step})"
+
     def update_is_finite(self, loss_sum: torch.Tensor) -> bool:
         """Whether this step's update may be applied. A NaN or inf loss (on any process) either stops
         training before the update (nonfinite_loss "stop": the weights and every checkpoint stay good)
@@ -408,17 +448,13 @@ class Trainer:
             return True
         step = self.step + 1
         if self.tc.nonfinite_loss == "skip":
+            self.check_weights()  # bad weights make every later loss non-finite: skipping cannot help
             if self.me.is_main:
                 tqdm.write(f"warning: the loss is {value} at step {step}; skipped that update (--nonfinite-loss skip)")
                 self.metrics.write("skipped", step, reason="non-finite loss")
             return False
-        last_good = (
-            f"the last good checkpoint is {self.run_dir.last} (step {self.saved_step})"
-            if self.saved_step is not None
-            else "no checkpoint was saved yet"
-        )
         raise GptlabError(
-            f"the loss became {value} at step {step}; training stopped before applying it and {last_good}; "
+            f"the loss became {value} at step {step}; training stopped before applying it and {self.last_good()}; "
             "lower --learning-rate (or raise --warmup-iters), or pass --nonfinite-loss skip to skip such steps"
         )
 
@@ -436,7 +472,7 @@ class Trainer:
         self.losses = estimate_loss(self.model, self.data, self.cfg, self.device, me=self.me)
         improved = self.losses["val"] < self.best_val
         self.best_val = min(self.best_val, self.losses["val"])
-        self.save_last()
+        self.save_last(self.losses)
         if improved:
             self.save_best()
         if self.after_eval is not None:
@@ -500,6 +536,7 @@ class Trainer:
         try:
             if not self.losses:  # a new run: where it starts from
                 self.evaluate()
+                self.on_first_checkpoint()
             log_time, log_step = time.perf_counter(), self.step
             stop.install()
             end = tc.stop_at or tc.max_iters  # stop_at ends this call early; the schedule still spans max_iters
@@ -564,6 +601,8 @@ class Trainer:
                     f"done: {steps} in {seconds:.1f}s, best val loss {self.best_val:.4f}; checkpoints in "
                     f"{self.run_dir.path}"
                 )
+            if read_info(self.run_dir.best).get("step") == 0 and self.step > 0:
+                tqdm.write(f"note: {untrained_best(self.run_dir.best)}")
         return TrainResult(
             self.run_dir.path, self.step, self.best_val, self.losses["val"], self.losses["train"], seconds, ran
         )
@@ -577,24 +616,30 @@ def train(
     progress: bool | None = None,
     init_from: Path | None = None,
     after_eval: AfterEval | None = None,
+    reads: tuple[Path, ...] = (),
 ) -> TrainResult:
     """Train a new run on a prepared data directory; `progress=None` shows the bar only on a terminal.
 
     init_from: a checkpoint (or run directory) whose weights and architecture the run starts from
     (fine-tuning); cfg.model.dropout still applies, the optimizer starts fresh at step 0.
     after_eval: see AfterEval.
+    reads: other files the config came from (a preset file): overwrite never replaces a run holding them.
     Under torchrun every process checks everything and builds its model before rank 0 creates the
-    run directory: a refusal anywhere stops all of them with one line and leaves nothing behind.
+    run directory: a refusal anywhere stops all of them with one line and leaves nothing behind. A
+    run replaced with overwrite comes back if the new one fails before its first checkpoint.
     """
+    run_dir = Path(out_dir)
+    inputs = [data_dir, *([init_from] if init_from is not None else []), *reads]
     me, device = init_distributed(cfg.train.device, cfg.train.parallel)
     try:
 
         def check() -> tuple[TokenData, Any]:
+            check_output_dir(run_dir, RUN_OUTPUT, overwrite, inputs)  # first: a refused --out costs nothing
             data = TokenData(data_dir)
             start = None
             if init_from is not None:
                 start = load_checkpoint(init_from)
-                check_same_tokens(data, start.info, start.dir, text=False)
+                check_same_tokenizer(data.dir, data.meta, start.dir, start.info)
                 cfg.model = dataclasses.replace(start.config.model, dropout=cfg.model.dropout)
             cfg.model.vocab_size = data.vocab_size
             cfg.validate()
@@ -605,24 +650,25 @@ def train(
             return data, start
 
         data, start = agree(me, check)
-        run_dir = Path(out_dir)
-        trainer = agree(me, lambda: Trainer(cfg, data, run_dir, me, device))
-
-        def make_run_dir() -> None:
-            record = {
-                "run": cfg.to_dict(),
-                "data_dir": str(data_dir),
-                **({"init_from": str(start.dir)} if start else {}),
-            }
-            prepare_run_dir(run_dir, overwrite, record)
-
-        on_main(me, make_run_dir)
-        if start is not None:
-            set_model_state_dict(
-                trainer.model, start.model.state_dict(), options=StateDictOptions(full_state_dict=True)
-            )
-        return trainer.run(progress, after_eval)
+        with contextlib.ExitStack() as held:
+            on_main(me, lambda: held.enter_context(claim_output(run_dir, RUN_OUTPUT, overwrite, inputs)))
+            trainer = agree(me, lambda: build_trainer(cfg, data, run_dir, me, device))
+            record = run_record(cfg, run_dir, data.dir, **({"init_from": str(start.dir)} if start else {}))
+            on_main(me, lambda: create_run_dir(run_dir, record))
+            if start is not None:
+                set_model_state_dict(
+                    trainer.model, start.model.state_dict(), options=StateDictOptions(full_state_dict=True)
+                )
+            if me.is_main:
+                trainer.on_first_checkpoint = lambda: remove_directory(old_path(run_dir))  # the replaced run
+            try:
+                return trainer.run(progress, after_eval)
+            except BaseException:
+                if trainer.saved_step is None and me.is_main:
+                    restore_previous(run_dir)  # a start that failed before its first checkpoint: as it was
+                raise
     finally:
+        trainer = None  # DDP's reducer holds the process group: freed after it, gloo's teardown can hang
         shutdown_distributed()
 
 
@@ -639,7 +685,10 @@ def resume(
     sharded (--parallel fsdp under torchrun).
 
     overrides: train settings to change (e.g. a larger max_iters); the model cannot change.
-    data_dir: where the data is now, if it moved (it must hold the same text and tokenizer).
+    data_dir: where the data is now, if it moved (it must hold the same text and tokenizer); by
+    default the recorded one, or the same place relative to the run if the run moved with it.
+    The token files are verified against meta.json, and the (possibly new) batch size against the
+    data and the device's memory, before the run is locked and continued.
     """
     run = RunDir(run_dir)
     record = run.read_record()
@@ -659,16 +708,17 @@ def resume(
                 f"--{key} changes the model, which a resumed run cannot; start a new run with --init-from {ckpt_dir}"
             )
         set_field(cfg, key, value)
-    if data_dir is None:
-        data_dir = record["data_dir"]
     me, device = init_distributed(cfg.train.device, cfg.train.parallel)
     try:
 
         def check() -> tuple[TokenData, dict[str, Any]]:
             verify_directory(ckpt_dir)
             cfg.validate()
-            data = TokenData(data_dir)
-            check_same_tokens(data, info, ckpt_dir, text=True)
+            recorded = {"dir": record.get("data_dir"), "from_run": record.get("data_dir_from_run")}
+            data = TokenData(data_dir if data_dir is not None else find_data_dir(recorded, [run.path], run.config))
+            check_same_tokenizer(data.dir, data.meta, ckpt_dir, info)
+            check_same_text(data, info, ckpt_dir)
+            data.check_fits(cfg.model.block_size, cfg.train.batch_size)
             state = load_trainer_state(ckpt_dir)
             if state["step"] >= cfg.train.max_iters:
                 raise GptlabError(
@@ -679,19 +729,24 @@ def resume(
                 raise GptlabError(f"{run_dir} is already at step {state['step']}; give a --stop-at after it, or none")
             check_layout(cfg.train, me, device)
             setup_device(device, cfg.train.tf32, cfg.train.threads)
+            check_memory(cfg, device, me.world_size)  # a larger --batch-size than the run started with too
             return data, state
 
         data, state = agree(me, check)
-        trainer = agree(me, lambda: Trainer(cfg, data, run_dir, me, device))
+        with contextlib.ExitStack() as held:
+            on_main(me, lambda: held.enter_context(claim_output(run.path)))  # no other process in this run
+            last = complete_directory(run.last)  # claiming put back a .last.old that a killed save left aside
+            trainer = agree(me, lambda: build_trainer(cfg, data, run_dir, me, device))
 
-        def rewind_run_dir() -> None:
-            truncate_metrics(run_dir, state["step"])
-            write_text_atomic(
-                run.config, json.dumps({**record, "run": cfg.to_dict(), "data_dir": str(data_dir)}, indent=2) + "\n"
-            )
+            def rewind_run_dir() -> None:
+                truncate_metrics(run_dir, state["step"])
+                write_text_atomic(
+                    run.config, json.dumps({**record, **run_record(cfg, run.path, data.dir)}, indent=2) + "\n"
+                )
 
-        agree(me, lambda: trainer.load_last(ckpt_dir, info["run"]["train"]["optimizer"]))
-        on_main(me, rewind_run_dir)
-        return trainer.run(progress, after_eval)
+            agree(me, lambda: trainer.load_last(last, info["run"]["train"]["optimizer"]))
+            on_main(me, rewind_run_dir)
+            return trainer.run(progress, after_eval)
     finally:
+        trainer = None  # DDP's reducer holds the process group: freed after it, gloo's teardown can hang
         shutdown_distributed()
