@@ -82,3 +82,17 @@ def test_word_tokens_stream_with_the_spacing_their_decoder_restores():
     ids = tok.encode(text)
     pieces, rest = stream(IncrementalDecoder(tok), ids)
     assert "".join(pieces) + rest == tok.decode(ids)  # the decoder joins words, not pieces: the stream still agrees
+
+
+def test_a_continuation_reads_in_place_after_its_prompt():
+    """Text continuing a prompt is spaced as decode() spaces the whole (the word tokenizer's "queen" after
+    "and" is " queen"); only the current document counts as context."""
+    from gptlab.tokenizers.word import WordTokenizer
+
+    tok = WordTokenizer.train(["The king and queen spoke, and the queen left."])
+    prompt, more = tok.encode("The king and"), tok.encode("queen spoke,")
+    pieces, rest = stream(IncrementalDecoder.after(tok, prompt), more)
+    assert tok.decode(prompt) + "".join(pieces) + rest == tok.decode(prompt + more)
+    assert "".join(pieces).startswith(" queen")
+    after_eot = IncrementalDecoder.after(tok, prompt + [tok.eot_id])
+    assert "".join(stream(after_eot, more)[0]).startswith("queen")  # a new document starts unspaced

@@ -14,6 +14,9 @@ from gptlab.tokenizers import Tokenizer
 REPLACEMENT = "\ufffd"  # what a decoder writes for bytes that are not (yet) a whole UTF-8 character
 
 
+CONTEXT = 8  # tokens before a position that decide how a token reads there (its spacing, a character it ends)
+
+
 class IncrementalDecoder:
     """Token ids in, finished text out; works through any tokenizer's decode().
 
@@ -29,6 +32,14 @@ class IncrementalDecoder:
         self.ids: list[int] = list(context)
         self.released = len(tokenizer.decode(self.ids)) if self.ids else 0  # characters already given out
         self.settled = len(self.ids)  # ids whose text was released whole
+
+    @classmethod
+    def after(cls, tokenizer: Tokenizer, prompt: list[int]) -> IncrementalDecoder:
+        """A decoder for the text that continues `prompt`: the prompt's last CONTEXT tokens are its context,
+        from the last end-of-text on (a new document starts after it)."""
+        tail = list(prompt[-CONTEXT:])
+        ends = [i for i, token in enumerate(tail) if token == tokenizer.eot_id]
+        return cls(tokenizer, tail[ends[-1] + 1 :] if ends else tail)
 
     def push(self, token: int) -> str:
         """Add one token; return the text it completes ("" while a character is still partial)."""

@@ -90,7 +90,7 @@ class TextGenerator:
             generator.seed()
         else:
             generator.manual_seed(settings.seed)
-        decoders = [IncrementalDecoder(self.tokenizer) for _ in range(num_samples)]
+        decoders = [IncrementalDecoder.after(self.tokenizer, ids) for _ in range(num_samples)]
         stops = [StopStrings(settings.stop) for _ in range(num_samples)]
         live = set(range(num_samples))
         steps = generate_tokens(self.model, ids, settings, num_samples, generator, self.use_cache)

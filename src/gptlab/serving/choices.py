@@ -11,11 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gptlab.generation.streaming import IncrementalDecoder, StopStrings
+from gptlab.generation.streaming import CONTEXT, IncrementalDecoder, StopStrings
 from gptlab.serving.engine import PromptScores, Step
 from gptlab.tokenizers import Tokenizer
-
-CONTEXT = 8  # tokens before a position that decide how a token reads there (its spacing, a character it ends)
 
 
 @dataclass
@@ -43,9 +41,7 @@ class ChoiceText:
 
     def __init__(self, tokenizer: Tokenizer, stop: tuple[str, ...], start: int = 0, context: list[int] = ()):
         self.start = start  # where the generated text begins in the choice's text (after an echoed prompt)
-        # context: the prompt's last tokens, from the last end-of-text on (a document starts after it)
-        eot = [i for i, token in enumerate(context) if token == tokenizer.eot_id]
-        self.decoder = IncrementalDecoder(tokenizer, context[eot[-1] + 1 :] if eot else context)
+        self.decoder = IncrementalDecoder.after(tokenizer, context)  # context: the prompt's last tokens
         self.stops = StopStrings(stop)
         self.pending: list[TokenText] = []  # tokens whose text is not out yet
         self.decoded = 0  # characters decoded so far
