@@ -116,3 +116,21 @@ def test_resume_from_the_command_line_trains_on(prepared, tmp_path, capsys):
         == 2
     )
     assert "only --dropout may change" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_a_resume_honours_the_optimizer_settings_given_with_it(prepared, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    train(config(max_iters=4, eval_interval=4), prepared, run)
+    seen, moments = [], []
+    real_run = Trainer.run
+
+    def run_and_record(self, *args, **kwargs):
+        seen.extend(dict(g) for opt in self.optimizers for g in opt.param_groups)
+        moments.extend(state["exp_avg"] for opt in self.optimizers for state in opt.state.values())
+        return real_run(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "run", run_and_record)
+    resume(run, {"max_iters": 6, "beta2": 0.9, "weight_decay": 0.05})
+    assert [g["betas"] for g in seen] == [(0.9, 0.9), (0.9, 0.9)]  # the checkpoint's groups said (0.9, 0.99)
+    assert [g["weight_decay"] for g in seen] == [0.05, 0.0]
+    assert moments and all(m.abs().sum() > 0 for m in moments)  # the Adam moments themselves came back

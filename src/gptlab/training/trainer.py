@@ -274,6 +274,11 @@ class Trainer:
                 "without changing it"
             )
         state = load_trainer_state(ckpt_dir)
+        # The saved param groups carry the old run's hyperparameters (betas, weight decay, momentum, lr scales);
+        # this run's config decides them, so a resume's --beta2 or --weight-decay is honoured, not overwritten.
+        settings = [
+            [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups] for opt in self.optimizers
+        ]
         if is_sharded(ckpt_dir):
             shards = self.shards()  # the layout to fill: this job's shards, or whole tensors
             load_shards(ckpt_dir, shards, collective=self.sharded)
@@ -286,6 +291,9 @@ class Trainer:
             if any(saved["state"] for saved in state["optimizers"]):  # else saved before the first update: fresh
                 optim = optimizer_state_by_name(self.model, self.optimizers, state["optimizers"])
                 set_optimizer_state_dict(self.model, self.optimizers, optim, options=whole)
+        for opt, groups in zip(self.optimizers, settings):
+            for group, ours in zip(opt.param_groups, groups):
+                group.update(ours)
         self.load_state_dict(state)
 
     def shards(self) -> dict[str, Any]:
