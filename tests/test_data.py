@@ -248,6 +248,13 @@ def test_gpt2_prepare_in_parallel_chunks_equals_tiktoken_per_document(shared_dat
     assert isinstance(data_tokenizer(out), GPT2Tokenizer)
 
 
+def test_prepare_encodes_gpt2_chunks_as_the_tokenizer_does(shared_data):
+    tok = GPT2Tokenizer.from_file(shared_data / "gpt2" / "gpt2.tiktoken")
+    text = "Hello world, encoding <|endoftext|> café ✓\n" * 50  # the marker inside a text is ordinary text
+    ids = prepare_module.encode_ids(tok, text, np.uint16)  # tiktoken's own array, not a list of ints
+    assert ids.dtype == np.uint16 and ids.tolist() == tok.encode(text) and tok.eot_id not in ids
+
+
 def test_word_unknowns_are_reported(corpus_file, tmp_path):
     meta = prepare([str(corpus_file)], tmp_path / "data", "word", tokenizer_options={"max_vocab": 10})
     stats = meta["stats"]
