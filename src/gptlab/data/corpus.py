@@ -17,8 +17,11 @@ class Corpus:
         self.errors = encoding_errors
         # Gutenberg's header and footer are found by a quick scan first, so the cleaning pass can stream
         self.bounds = [
-            gutenberg_bounds(read_blocks(f.path, encoding_errors)) if self.rules.strip_gutenberg else None for f in self.files
+            gutenberg_bounds(read_blocks(f.path, encoding_errors)) if self.rules.strip_gutenberg else None
+            for f in self.files
         ]
 
     def blocks(self, doc: int, report: dict | None = None, stats: dict | None = None) -> Iterator[str]:
-        return clean_document(read_blocks(self.files[doc].path, self.errors, stats), self.rules, report, self.bounds[doc])
+        return clean_document(
+            read_blocks(self.files[doc].path, self.errors, stats), self.rules, report, self.bounds[doc]
+        )

@@ -60,13 +60,17 @@ def write_meta(data_dir: Path, meta: dict[str, Any]) -> None:
 def read_meta(data_dir: Path) -> dict[str, Any]:
     path = Path(data_dir) / META
     if not path.is_file():
-        raise GptlabError(f"{data_dir} is not a prepared data directory (no {META}); run `gptlab prepare --out {data_dir}` first")
+        raise GptlabError(
+            f"{data_dir} is not a prepared data directory (no {META}); run `gptlab prepare --out {data_dir}` first"
+        )
     try:
         meta = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise GptlabError(f"{path} is corrupt; run `gptlab prepare` again") from None
     if not isinstance(meta, dict) or any(key not in meta for key in ("shards", "tokenizer", "sizes", "dtype")):
-        raise GptlabError(f"{path} was written by an older gptlab or is damaged (no shard list); run `gptlab prepare` again")
+        raise GptlabError(
+            f"{path} was written by an older gptlab or is damaged (no shard list); run `gptlab prepare` again"
+        )
     return meta
 
 
@@ -116,6 +120,15 @@ def read_checksums(data_dir: Path) -> dict[str, str]:
         return {}
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
         raise GptlabError(f"{Path(data_dir) / CHECKSUMS} is corrupt; run `gptlab prepare` again") from None
+
+
+def tokenizer_record(tok: Tokenizer, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """meta["tokenizer"], the record a data directory and every checkpoint keep of their tokenizer."""
+    record = {"kind": tok.kind, "file": tok.file_name, "vocab_size": tok.vocab_size, "eot_id": tok.eot_id}
+    record["unk_id"] = tok.unk_id
+    if options is not None:  # how it was trained (prepare's options), paths as text
+        record["options"] = {k: str(v) if isinstance(v, Path) else v for k, v in options.items()}
+    return record
 
 
 def tokenizer_path(data_dir: Path, meta: dict[str, Any]) -> Path:

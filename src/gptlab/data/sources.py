@@ -102,7 +102,9 @@ def is_binary(path: Path) -> bool:
         with open(path, "rb") as f:
             return b"\0" in f.read(SNIFF_BYTES)
     except OSError as e:
-        raise GptlabError(f"cannot read {printable(path)} ({e.strerror}); fix its permissions or leave it out") from None
+        raise GptlabError(
+            f"cannot read {printable(path)} ({e.strerror}); fix its permissions or leave it out"
+        ) from None
 
 
 def find_text_files(sources: list[str]) -> tuple[list[TextFile], list[str]]:
@@ -114,8 +116,14 @@ def find_text_files(sources: list[str]) -> tuple[list[TextFile], list[str]]:
             check_name(path)
             if is_binary(path):
                 if path == Path(source):  # named on purpose, not met in a folder: skipping it would surprise
-                    raise GptlabError(f"{path} is a binary file (NUL bytes; if it is UTF-16 text, convert it to UTF-8); give a text file")
-                print(f"warning: skipping {path}: binary file (NUL bytes; if it is UTF-16 text, convert it to UTF-8)", file=sys.stderr)
+                    raise GptlabError(
+                        f"{path} is a binary file (NUL bytes; if it is UTF-16 text, convert it to UTF-8); give a text "
+                        "file"
+                    )
+                print(
+                    f"warning: skipping {path}: binary file (NUL bytes; if it is UTF-16 text, convert it to UTF-8)",
+                    file=sys.stderr,
+                )
                 skipped.append(str(path))
                 continue
             files.append(TextFile(name=path.name if source == BUNDLED else str(path), path=path))
@@ -149,7 +157,9 @@ def read_blocks(path: Path, errors: str = "strict", stats: dict[str, int] | None
             if stats is not None:
                 stats["bytes"] = stats.get("bytes", 0) + len(data)
                 if errors == "replace":
-                    stats["replaced"] = stats.get("replaced", 0) + text.count(REPLACEMENT) - data.count(REPLACEMENT.encode())
+                    stats["replaced"] = (
+                        stats.get("replaced", 0) + text.count(REPLACEMENT) - data.count(REPLACEMENT.encode())
+                    )
             offset += len(data)
             carry += text
             cut = carry.rfind("\n") + 1

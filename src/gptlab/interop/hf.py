@@ -31,6 +31,7 @@ from gptlab.checkpoint import (
     save_checkpoint,
 )
 from gptlab.config import ModelConfig, RunConfig
+from gptlab.data.format import tokenizer_record
 from gptlab.errors import GptlabError
 from gptlab.models import GPT
 from gptlab.outputs import OutputKind, claim_output
@@ -355,13 +356,7 @@ def import_gpt2(src_dir: Path, out_dir: Path, tokenizer_file: Path | None = None
         model = GPT(cfg)
         load_hf_weights(model, files)
         info = {
-            "tokenizer": {
-                "kind": tokenizer.kind,
-                "file": tokenizer.file_name,
-                "vocab_size": tokenizer.vocab_size,
-                "eot_id": tokenizer.eot_id,
-                "unk_id": tokenizer.unk_id,
-            },  # as prepare's meta.json records it
+            "tokenizer": tokenizer_record(tokenizer),
             "imported_from": {"format": "huggingface-gpt2", "dir": str(src.resolve())},
             "step": 0,
         }
