@@ -480,15 +480,18 @@ class Trainer:
         self.losses = estimate_loss(self.model, self.data, self.cfg, self.device, me=self.me)
         improved = self.losses["val"] < self.best_val
         self.best_val = min(self.best_val, self.losses["val"])
+        # Logged before last/ is saved: a checkpoint then always has its eval row, even when killed in between
+        # (a resume drops the rows past its checkpoint's step and evaluates those steps again).
+        if self.me.is_main:
+            self.metrics.write("eval", self.step, train_loss=self.losses["train"], val_loss=self.losses["val"])
+        if self.after_eval is not None:
+            self.stop_early = bool(self.after_eval(self.step, dict(self.losses)))
         self.save_last(self.losses)
         if improved:
             self.save_best()
-        if self.after_eval is not None:
-            self.stop_early = bool(self.after_eval(self.step, dict(self.losses)))
         sample = self.sample_text() if self.tc.sample_tokens and (self.sharded or self.me.is_main) else None
         if not self.me.is_main:
             return
-        self.metrics.write("eval", self.step, train_loss=self.losses["train"], val_loss=self.losses["val"])
         plot_loss(self.run_dir.path)
         if sample is not None:
             with self.run_dir.samples.open("a") as f:
