@@ -3,7 +3,8 @@
 Every choice of every request is a Sequence. Sequences wait in a queue; a worker thread runs steps:
 1. drop rows whose client went away or that finished;
 2. admit waiting sequences into free rows of the cache and prefill their prompts (all but the last
-   token), each row alone, at whatever moment it arrives;
+   token): the newcomers of a step together, in one forward pass over their rows (padded at the end),
+   or alone where a prompt's own tokens are scored (echo with logprobs);
 3. one forward pass over every live row together, each row at its own position (KVCache keeps a
    length per row), which gives every row the logits of its next token;
 4. pick each row's token with that row's own settings and random generator
@@ -35,6 +36,7 @@ import torch
 from gptlab.generation.sampling import SamplingSettings, sample_next
 
 GREEDY = SamplingSettings(temperature=0.0)
+PREFILL_TOKENS = 2048  # most positions (padding included) one prefill pass may take: bounds its attention memory
 
 
 @dataclass
@@ -217,10 +219,17 @@ class Engine:
         self._release([i for i, seq in enumerate(self.live) if seq.cancelled])
         events: dict[int, list[Event]] = {}
         for seq in admitted:
-            self.live.append(seq)
-            row = len(self.live) - 1
             seq.start = max(0, len(seq.tokens) - self.block_size)
-            scores = self._prefill(row, seq, score=seq.score_prompt)
+        # Newcomers whose prompts nobody scores are prefilled together, shortest first (least padding);
+        # those that score their prompt need its logits and go alone after them.
+        plain = sorted((s for s in admitted if not s.score_prompt), key=lambda s: len(s.tokens) - s.start)
+        self.live.extend(plain)
+        self._prefill_together(len(self.live) - len(plain), plain)
+        for seq in admitted:
+            if seq.score_prompt:
+                self.live.append(seq)
+                events[len(self.live) - 1] = [self._prefill(len(self.live) - 1, seq, score=True)]
+        for seq in admitted:
             if seq.settings.repetition_penalty != 1.0:
                 seq.seen = torch.zeros((1, self.vocab_size), dtype=torch.bool, device=self.device)
                 seq.seen[0, seq.tokens] = True
@@ -229,8 +238,6 @@ class Engine:
                 seq.generator.seed()
             else:
                 seq.generator.manual_seed(seq.settings.seed)
-            if scores is not None:
-                events[row] = [scores]
         for row, seq in enumerate(self.live):
             if len(seq.tokens) - seq.start > self.block_size:  # the window is full: keep its newest half
                 seq.start = len(seq.tokens) - max(1, self.block_size // 2)
@@ -263,6 +270,33 @@ class Engine:
             if not live[row].cancelled:
                 live[row].sink(out)
         self._release(finished)
+
+    def _prefill_together(self, first: int, sequences: list[Sequence]) -> None:
+        """Prefill rows first, first + 1, ... with these sequences' windows but the last token, in as few
+        forward passes as PREFILL_TOKENS allows (each on a group of rows, the shorter windows padded at
+        their end). Padding sits after a row's real tokens, which attend only to earlier positions, so
+        their keys and values are those of the row alone; each row's length is then set to its window,
+        and its next token overwrites the padding."""
+        group: list[Sequence] = []
+        for seq in sequences:  # shortest window first
+            if group and (len(group) + 1) * (len(seq.tokens) - 1 - seq.start) > PREFILL_TOKENS:
+                self._prefill_group(first, group)
+                first += len(group)
+                group = []
+            group.append(seq)
+        if group:
+            self._prefill_group(first, group)
+
+    def _prefill_group(self, first: int, group: list[Sequence]) -> None:
+        cache = self.cache.rows(first, first + len(group))
+        cache.reset()
+        windows = [seq.tokens[seq.start : -1] for seq in group]
+        longest = max(len(w) for w in windows)
+        if longest == 0:
+            return
+        idx = torch.tensor([w + [0] * (longest - len(w)) for w in windows], dtype=torch.long, device=self.device)
+        self.model(idx, cache=cache, logits=False)
+        cache.lengths.copy_(torch.tensor([len(w) for w in windows]))
 
     def _prefill(self, row: int, seq: Sequence, score: bool = False) -> PromptScores | None:
         """Fill row's cache with the window's tokens but the last (the batched step feeds that one);
