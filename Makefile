@@ -23,7 +23,7 @@ install: $(VENV)/.installed
 
 demo: install
 	$(BIN)/gptlab prepare --out data/shakespeare-char --overwrite
-	$(BIN)/gptlab train --preset shakespeare-char-cpu --data data/shakespeare-char --out runs/demo --overwrite
+	$(BIN)/gptlab train --preset shakespeare-char-2min --data data/shakespeare-char --out runs/demo --overwrite
 	$(BIN)/gptlab sample runs/demo --prompt "ROMEO:" --max-new-tokens 400 --seed 1
 
 test: install lint
