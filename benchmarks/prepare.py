@@ -4,7 +4,7 @@
     python -m benchmarks.prepare --size-mb 64 --repeats 3
 
 Contenders, each a fresh process on the same file:
-  prepare   `gptlab prepare FILE --tokenizer gpt2` (streaming survey + encode in worker processes, shards, meta)
+  prepare   `gptlab prepare FILE --tokenizer gpt2` (streaming survey + encode in two threads, shards, meta)
   tiktoken  the loop one would write by hand: read ~1 MB of whole lines, encode_ordinary, append uint16 ids
             to a file; one process.
 CPU seconds (user + system, the process and its workers) tell what a run costs when, as on a
