@@ -24,11 +24,10 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import interleaved, machine_line, markdown_table
+from benchmarks.common import interleaved, machine_line, markdown_table, prepared_tiny_shakespeare
 from gptlab.checkpoint import RunDir, load_checkpoint
 from gptlab.config import build_config
 from gptlab.data.batches import TokenData
-from gptlab.data.prepare import prepare
 from gptlab.training.metrics import read_metrics
 from gptlab.training.trainer import estimate_loss, train
 
@@ -39,7 +38,6 @@ RECIPES = {
     FAST: ("shakespeare-char-cpu-fast", {}),
     MODERN: ("modern", {}),
 }
-TINY_SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 FINAL_EVAL_BATCHES = 200  # a steadier estimate of the final weights than the runs' own 20-batch evals
 
 
@@ -105,10 +103,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, help="a prepared Tiny Shakespeare char directory (default: prepare one)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="fast_recipe."))
-    data_dir = args.data
-    if data_dir is None:
-        data_dir = work / "data"
-        prepare([TINY_SHAKESPEARE], data_dir)  # one file: nanoGPT's 90/10 split by position
+    data_dir = args.data or prepared_tiny_shakespeare(work)
 
     print(f"machine: {machine_line()}")
     print(f"command: {' '.join(['python -m benchmarks.fast_recipe', *sys.argv[1:]])}")

@@ -24,10 +24,9 @@ import threading
 import time
 from pathlib import Path
 
-from benchmarks.common import interleaved, machine_line, markdown_table, tiny_shakespeare
+from benchmarks.common import interleaved, machine_line, markdown_table, prepared_tiny_shakespeare
 from gptlab.checkpoint import RunDir, load_checkpoint
 from gptlab.config import build_config
-from gptlab.data.prepare import prepare
 from gptlab.evaluation.eval import evaluate_split
 from gptlab.training.metrics import read_metrics
 from gptlab.training.trainer import train
@@ -96,10 +95,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, help="a prepared Tiny Shakespeare char directory (default: prepare one)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="five_minutes."))
-    data_dir = args.data
-    if data_dir is None:
-        data_dir = work / "data"
-        prepare([str(tiny_shakespeare())], data_dir)  # one file: nanoGPT's 90/10 split by position
+    data_dir = args.data or prepared_tiny_shakespeare(work)
 
     print(f"machine: {machine_line()}")
     print(f"command: {' '.join(['python -m benchmarks.five_minutes', *sys.argv[1:]])}")
