@@ -252,10 +252,32 @@ def test_a_trial_that_crashes_is_recorded_as_failed_and_never_run_again(data, tm
 # -- real processes: killed, and two at once ---------------------------------------------------------------
 
 
-def start_sweep(argv: list[str]) -> subprocess.Popen:
+# `gptlab sweep` in a process that, once the second trial has saved its checkpoint of step {step}, waits there
+# to be killed: a trial of this tiny model trains 100 steps in a fraction of a second, too fast to catch by polling.
+HOLD_AFTER_SAVE = """
+import sys, time
+from gptlab.cli import main
+from gptlab.training.trainer import Trainer
+
+save_last, saved = Trainer.save_last, []
+
+def save_and_hold(self, *args, **kwargs):
+    save_last(self, *args, **kwargs)
+    if self.step == {step}:
+        saved.append(self.run_dir.path)
+        if len(saved) == 2:
+            time.sleep(600)
+
+Trainer.save_last = save_and_hold
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def start_sweep(argv: list[str], hold_at_step: int | None = None) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = ["-m", "gptlab"] if hold_at_step is None else ["-c", HOLD_AFTER_SAVE.format(step=hold_at_step)]
     return subprocess.Popen(
-        [sys.executable, "-m", "gptlab", *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [sys.executable, *launch, *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
 
 
@@ -280,7 +302,7 @@ def test_a_killed_sweep_rerun_finishes_the_study_without_repeating_finished_tria
     out = tmp_path / "killed"
     grid = ["--search", "grid", "--param", "learning_rate=choice:1e-3,2e-3"]
     argv = sweep_args(data, out, *grid, max_iters="100", eval_interval="50")  # steps are cheap, evaluations not
-    proc = start_sweep(argv)
+    proc = start_sweep(argv, hold_at_step=50)
     deadline = time.monotonic() + 120
     while not running_trial_with_checkpoint(out) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
