@@ -228,7 +228,7 @@ class Engine:
         for seq in admitted:
             if seq.score_prompt:
                 self.live.append(seq)
-                events[len(self.live) - 1] = [self._prefill(len(self.live) - 1, seq, score=True)]
+                events[len(self.live) - 1] = [self._prefill_scored(len(self.live) - 1, seq)]
         for seq in admitted:
             if seq.settings.repetition_penalty != 1.0:
                 seq.seen = torch.zeros((1, self.vocab_size), dtype=torch.bool, device=self.device)
@@ -241,7 +241,7 @@ class Engine:
         for row, seq in enumerate(self.live):
             if len(seq.tokens) - seq.start > self.block_size:  # the window is full: keep its newest half
                 seq.start = len(seq.tokens) - max(1, self.block_size // 2)
-                self._prefill(row, seq)
+                self._prefill_group(row, [seq])
         if not self.live:
             return
         live = self.live
@@ -288,6 +288,8 @@ class Engine:
             self._prefill_group(first, group)
 
     def _prefill_group(self, first: int, group: list[Sequence]) -> None:
+        """Fill rows first, first + 1, ... with each window's tokens but the last (the batched step feeds
+        that one), in one forward pass."""
         cache = self.cache.rows(first, first + len(group))
         cache.reset()
         windows = [seq.tokens[seq.start : -1] for seq in group]
@@ -298,18 +300,15 @@ class Engine:
         self.model(idx, cache=cache, logits=False)
         cache.lengths.copy_(torch.tensor([len(w) for w in windows]))
 
-    def _prefill(self, row: int, seq: Sequence, score: bool = False) -> PromptScores | None:
-        """Fill row's cache with the window's tokens but the last (the batched step feeds that one);
-        with score, also return the prompt's tokens scored."""
+    def _prefill_scored(self, row: int, seq: Sequence) -> PromptScores:
+        """Prefill row like _prefill_group, and score the prompt's tokens on the way (echo with logprobs)."""
         cache = self.cache.rows(row, row + 1)
         cache.reset()
         window = seq.tokens[seq.start : -1]
         if not window:
-            return PromptScores([]) if score else None
+            return PromptScores([])
         idx = torch.tensor([window], dtype=torch.long, device=self.device)
-        logits = self.model(idx, cache=cache, logits=score)[0]
-        if not score:
-            return None
+        logits = self.model(idx, cache=cache)[0]
         # position t predicts token t + 1: every prompt token after the first gets its logprob
         targets = torch.tensor(seq.tokens[seq.start + 1 :], device=self.device)
         reports = report(torch.log_softmax(logits[0].float(), dim=-1), targets, seq.logprobs or 0)
