@@ -178,13 +178,21 @@ def save_checkpoint(
     ckpt_dir = Path(ckpt_dir)
     with atomic_directory(ckpt_dir) as tmp:
         save_model(model, str(tmp / WEIGHTS))
-        (tmp / CONFIG).write_text(json.dumps({"run": cfg.to_dict(), **info}, indent=2) + "\n")
-        for f in files:
-            shutil.copy2(f, tmp / Path(f).name)
-        if trainer_state is not None:
-            with open(tmp / TRAINER_STATE, "wb") as f:  # a file object: a full disk then surfaces as OSError
-                torch.save(trainer_state, f)
+        write_beside_weights(tmp, cfg, info, files, trainer_state)
     return ckpt_dir
+
+
+def write_beside_weights(
+    tmp: Path, cfg: RunConfig, info: dict[str, Any], files: list[Path], trainer_state: dict[str, Any] | None
+) -> None:
+    """What a checkpoint holds besides its weights, however they were saved: config.json, the copied files
+    (the tokenizer's) and the trainer's state."""
+    (tmp / CONFIG).write_text(json.dumps({"run": cfg.to_dict(), **info}, indent=2) + "\n")
+    for f in files:
+        shutil.copy2(f, tmp / Path(f).name)
+    if trainer_state is not None:
+        with open(tmp / TRAINER_STATE, "wb") as f:  # a file object: a full disk then surfaces as OSError
+            torch.save(trainer_state, f)
 
 
 def save_sharded_checkpoint(
@@ -219,12 +227,7 @@ def save_sharded_checkpoint(
                 f"({str(e.failures[min(e.failures)][0]).splitlines()[0][:160]}); the previous checkpoint is kept"
             ) from None
         if main:
-            (tmp / CONFIG).write_text(json.dumps({"run": cfg.to_dict(), **info}, indent=2) + "\n")
-            for f in files:
-                shutil.copy2(f, tmp / Path(f).name)
-            if trainer_state is not None:
-                with open(tmp / TRAINER_STATE, "wb") as f:  # a file object: a full disk then surfaces as OSError
-                    torch.save(trainer_state, f)
+            write_beside_weights(tmp, cfg, info, files, trainer_state)
     return Path(ckpt_dir)
 
 

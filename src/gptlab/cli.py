@@ -313,6 +313,10 @@ def add_sampling_args(p) -> None:
 
 def add_compute_args(p) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    add_threads_arg(p)
+
+
+def add_threads_arg(p) -> None:
     p.add_argument(
         "--threads",
         type=int,
@@ -551,12 +555,7 @@ def add_report(sub) -> None:
     p.add_argument("run", type=Path, help="run directory written by `gptlab train`")
     p.add_argument("--out", type=Path, help="Markdown file to write (default RUN/report.md)")
     p.add_argument("--no-eval", action="store_true", help="skip evaluating the whole val split")
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        help="torch's CPU threads (default 0: OMP_NUM_THREADS, else the cores available)",
-    )
+    add_threads_arg(p)
     p.set_defaults(func=cmd_report)
 
 
