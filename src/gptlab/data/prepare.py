@@ -21,6 +21,7 @@ import multiprocessing
 import signal
 from collections import deque
 from collections.abc import Iterable, Iterator
+from contextlib import ExitStack
 from functools import partial
 from multiprocessing.pool import Pool, ThreadPool
 from pathlib import Path
@@ -342,63 +343,62 @@ def write_data_dir(
     use_pool = workers > 1 and sum(found["lengths"]) >= POOL_MIN_CHARS
 
     pool = None
-    try:
-        with atomic_directory(out_dir) as tmp:
-            tok.save(tmp)  # first: worker processes load it from here
-            if use_pool:
-                pool = start_pool(tok, workers, tmp)
-            sizes: dict[str, int] = {}
-            shards: dict[str, list[str]] = {}
-            unknown = 0
-            for split, spans in (("train", train), ("val", val)):
-                writer = ShardWriter(tmp, split, dtype, shard_tokens)
-                try:
-                    counts = write_split(corpus, spans, writer, tok, pool, workers, progress, f"encoding {split}")
-                finally:
-                    shards[split] = writer.close()
-                unknown += counts["unknown"]
-                sizes.update({f"{split}_{k}": v for k, v in counts.items() if k != "unknown"})
-            check_trainable(sizes)
-            tokens = sizes["train_tokens"] + sizes["val_tokens"]
-            chars = sizes["train_chars"] + sizes["val_chars"]
-            content_tokens = tokens - (len(train) - 1) - (len(val) - 1)  # less the end-of-text separators
-            meta = {
-                "format": FORMAT,
-                "sources": [str(s) for s in sources] or ["shakespeare (bundled)"],
-                "documents": {
-                    "train": [corpus.files[s.doc].name for s in train],
-                    "val": [corpus.files[s.doc].name for s in val],
-                },
-                "skipped": {
-                    "binary": corpus.skipped,
-                    "empty": [f.name for i, f in enumerate(corpus.files) if not found["lengths"][i]],
-                },
-                "encoding_errors": {"mode": encoding_errors, "replaced": found["replaced"]},
-                "cleaning": {"rules": corpus.rules.as_dict(), "report": found["cleaning"]},
-                "split": {"method": method, "val_fraction": val_fraction, "seed": seed, "documents": len(kept)},
-                "tokenizer": tokenizer_record(tok, own_options),
-                "dtype": dtype.name,
-                "shards": shards,
-                "sizes": sizes,
-                "stats": {
-                    "tokens": tokens,
-                    "chars": chars,
-                    "chars_per_token": round(chars / content_tokens, 4) if content_tokens else None,
-                    "unknown_tokens": unknown,
-                    "unknown_rate": round(unknown / content_tokens, 6) if content_tokens else 0.0,
-                },
-                "content_sha256": found["content_sha256"],
-            }
-            if compare_png:
-                from gptlab.data.compare import compare_tokenizers, plot_comparison
+    # The pool stops (ExitStack) before atomic_directory removes tmp on a failure or signal: workers still
+    # starting load the tokenizer from tmp, and printed tracebacks when it had gone first.
+    with atomic_directory(out_dir) as tmp, ExitStack() as stop_workers:
+        tok.save(tmp)  # first: worker processes load it from here
+        if use_pool:
+            pool = start_pool(tok, workers, tmp)
+            stop_workers.callback(pool.join)
+            stop_workers.callback(pool.terminate)
+        sizes: dict[str, int] = {}
+        shards: dict[str, list[str]] = {}
+        unknown = 0
+        for split, spans in (("train", train), ("val", val)):
+            writer = ShardWriter(tmp, split, dtype, shard_tokens)
+            try:
+                counts = write_split(corpus, spans, writer, tok, pool, workers, progress, f"encoding {split}")
+            finally:
+                shards[split] = writer.close()
+            unknown += counts["unknown"]
+            sizes.update({f"{split}_{k}": v for k, v in counts.items() if k != "unknown"})
+        check_trainable(sizes)
+        tokens = sizes["train_tokens"] + sizes["val_tokens"]
+        chars = sizes["train_chars"] + sizes["val_chars"]
+        content_tokens = tokens - (len(train) - 1) - (len(val) - 1)  # less the end-of-text separators
+        meta = {
+            "format": FORMAT,
+            "sources": [str(s) for s in sources] or ["shakespeare (bundled)"],
+            "documents": {
+                "train": [corpus.files[s.doc].name for s in train],
+                "val": [corpus.files[s.doc].name for s in val],
+            },
+            "skipped": {
+                "binary": corpus.skipped,
+                "empty": [f.name for i, f in enumerate(corpus.files) if not found["lengths"][i]],
+            },
+            "encoding_errors": {"mode": encoding_errors, "replaced": found["replaced"]},
+            "cleaning": {"rules": corpus.rules.as_dict(), "report": found["cleaning"]},
+            "split": {"method": method, "val_fraction": val_fraction, "seed": seed, "documents": len(kept)},
+            "tokenizer": tokenizer_record(tok, own_options),
+            "dtype": dtype.name,
+            "shards": shards,
+            "sizes": sizes,
+            "stats": {
+                "tokens": tokens,
+                "chars": chars,
+                "chars_per_token": round(chars / content_tokens, 4) if content_tokens else None,
+                "unknown_tokens": unknown,
+                "unknown_rate": round(unknown / content_tokens, 6) if content_tokens else 0.0,
+            },
+            "content_sha256": found["content_sha256"],
+        }
+        if compare_png:
+            from gptlab.data.compare import compare_tokenizers, plot_comparison
 
-                meta["comparison"] = {"png": str(compare_png), "rows": compare_tokenizers(corpus, options)}
-                plot_comparison(meta["comparison"]["rows"], compare_png)
-            write_meta(tmp, meta)
-    finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
+            meta["comparison"] = {"png": str(compare_png), "rows": compare_tokenizers(corpus, options)}
+            plot_comparison(meta["comparison"]["rows"], compare_png)
+        write_meta(tmp, meta)
     return meta
 
 
