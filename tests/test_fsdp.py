@@ -145,10 +145,24 @@ def test_a_run_saved_on_one_process_resumes_on_two_nodes_on_loopback(runs, tmp_p
         port = s.getsockname()[1]
     launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1"]
     launch += ["--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", "loopback"]
-    args = [*launch, "-m", "gptlab", "train", "--resume", str(run), "--parallel", "fsdp"]
-    nodes = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)]
-    nodes.append(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV))
-    outputs = [node.communicate(timeout=180) for node in nodes]
+    train = ["-m", "gptlab", "train", "--resume", str(run), "--parallel", "fsdp"]
+    # Both launches name the same address, so each would guess it hosts the rendezvous store and one would
+    # lose the race to bind it (a suite run once hung there): say which one hosts.
+    nodes = [
+        subprocess.Popen(
+            [*launch, "--rdzv_conf", f"is_host={host}", *train],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=ENV,
+        )
+        for host in ("true", "false")
+    ]
+    try:
+        outputs = [node.communicate(timeout=180) for node in nodes]
+    finally:
+        for node in nodes:
+            node.kill()
     assert [node.returncode for node in nodes] == [0, 0], [err[-2000:] for _, err in outputs]
     stdout = "".join(out for out, _ in outputs)
     assert stdout.count("x 2 processes") == 1  # one job of two ranks, whose rank 0 alone prints
